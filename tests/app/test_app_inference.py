@@ -1,0 +1,192 @@
+"""The serving core without Streamlit: finding, loading and running model folders, and heatmaps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imaging
+from app.inference import Classifier, ModelError, Prediction, find_models, find_samples, heatmap
+from photos import rotated_jpeg, upright_portrait
+
+
+@pytest.fixture(scope="module")
+def classifier(model_folder: Path) -> Classifier:
+    return Classifier(model_folder)
+
+
+def copy_model(model_folder: Path, destination: Path) -> Path:
+    """A writable copy of a model folder, to rearrange or break in a test."""
+    return Path(shutil.copytree(model_folder, destination))
+
+
+def test_find_models_lists_the_root_and_its_model_subfolders(model_folder: Path, tmp_path: Path) -> None:
+    root = copy_model(model_folder, tmp_path / "deploy")
+    second, third = copy_model(model_folder, root / "second"), copy_model(model_folder, root / "third")
+    (root / "samples").mkdir()
+    (root / "notes.txt").write_text("not a folder")
+    assert find_models(root) == [root.resolve(), second.resolve(), third.resolve()]
+
+
+def test_find_models_on_a_missing_folder_is_empty(tmp_path: Path) -> None:
+    assert find_models(tmp_path / "nowhere") == []
+
+
+def test_find_models_ignores_symlinks_leading_outside_the_root(model_folder: Path, tmp_path: Path) -> None:
+    outside = copy_model(model_folder, tmp_path / "outside")
+    root = tmp_path / "root"
+    inside = copy_model(model_folder, root / "inside")
+    (root / "linked_folder").symlink_to(outside, target_is_directory=True)
+    linked_file = root / "linked_file"
+    linked_file.mkdir()
+    for name in ("labels.json", "model_card.json"):
+        shutil.copy(inside / name, linked_file / name)
+    (linked_file / "model.tflite").symlink_to(outside / "model.tflite")
+
+    assert find_models(root) == [inside.resolve()]
+
+
+def test_find_samples_lists_images_inside_the_root_only(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"")
+    samples = tmp_path / "root" / "samples"
+    samples.mkdir(parents=True)
+    for name in ("monarch.jpg", "admiral.PNG", "README.txt"):
+        (samples / name).write_bytes(b"")
+    (samples / "linked.jpg").symlink_to(outside)
+    assert [path.name for path in find_samples(tmp_path / "root")] == ["admiral.PNG", "monarch.jpg"]
+
+
+def test_classifier_reads_the_folder(classifier: Classifier, model_folder: Path) -> None:
+    assert classifier.labels == json.loads((model_folder / "labels.json").read_text())
+    assert classifier.input_size == tuple(classifier.card["input_size"])
+    assert classifier.name == model_folder.name
+
+
+@pytest.mark.parametrize("missing", ["model.tflite", "labels.json", "model_card.json"])
+def test_a_missing_file_is_named(model_folder: Path, tmp_path: Path, missing: str) -> None:
+    folder = copy_model(model_folder, tmp_path / "model")
+    (folder / missing).unlink()
+    with pytest.raises(ModelError, match=f"{missing} is missing"):
+        Classifier(folder)
+
+
+def test_label_count_must_match_the_model(model_folder: Path, tmp_path: Path) -> None:
+    folder = copy_model(model_folder, tmp_path / "model")
+    labels = json.loads((folder / "labels.json").read_text())
+    (folder / "labels.json").write_text(json.dumps(labels[:-1]))
+    with pytest.raises(ModelError, match=f"labels.json has {len(labels) - 1} labels but the model has {len(labels)}"):
+        Classifier(folder)
+
+
+def test_card_must_have_the_contract_keys(model_folder: Path, tmp_path: Path) -> None:
+    folder = copy_model(model_folder, tmp_path / "model")
+    card = json.loads((folder / "model_card.json").read_text())
+    del card["litert_metrics"]
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="model_card.json lacks litert_metrics"):
+        Classifier(folder)
+
+
+def test_a_corrupt_model_file_is_a_model_error(model_folder: Path, tmp_path: Path) -> None:
+    folder = copy_model(model_folder, tmp_path / "model")
+    (folder / "model.tflite").write_bytes(b"not a flatbuffer" * 10)
+    with pytest.raises(ModelError, match="not a loadable LiteRT model"):
+        Classifier(folder)
+
+
+def test_invalid_json_is_a_model_error(model_folder: Path, tmp_path: Path) -> None:
+    folder = copy_model(model_folder, tmp_path / "model")
+    (folder / "labels.json").write_text("['admiral',")
+    with pytest.raises(ModelError, match="labels.json: cannot be read as JSON"):
+        Classifier(folder)
+
+
+def test_prediction_follows_the_export_contract(classifier: Classifier) -> None:
+    prediction = classifier.predict(noise(classifier.input_size, seed=0))
+    classes = len(classifier.labels)
+    assert prediction.probabilities.shape == (classes,)
+    assert prediction.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert prediction.class_maps.ndim == 3 and prediction.class_maps.shape[-1] == classes
+    # class_maps is the classifier head applied at every location, so averaging it over the
+    # locations gives the logits (global average pooling and a Dense layer commute).
+    logits = prediction.class_maps.mean(axis=(0, 1))
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(softmax, prediction.probabilities, atol=1e-5)
+
+
+def test_prediction_rejects_pixels_of_the_wrong_size(classifier: Classifier) -> None:
+    with pytest.raises(ValueError, match="expected pixels of shape"):
+        classifier.predict(np.zeros((classifier.input_size[0] + 1, classifier.input_size[1], 3), np.uint8))
+
+
+def test_top_k_is_sorted_by_probability() -> None:
+    prediction = Prediction(["a", "b", "c", "d"], np.array([0.1, 0.4, 0.2, 0.3]), np.zeros((2, 2, 4)))
+    assert prediction.top_k(3) == [("b", 0.4), ("d", 0.3), ("c", 0.2)]
+    assert prediction.top_class_map().shape == (2, 2)
+
+
+def test_concurrent_predictions_equal_single_threaded_ones(classifier: Classifier) -> None:
+    images = [noise(classifier.input_size, seed) for seed in range(16)]
+    expected = [classifier.predict(image) for image in images]
+    results: dict[int, list[Prediction]] = {}
+    start = threading.Barrier(len(images))
+
+    def predict_repeatedly(index: int) -> None:
+        start.wait()
+        results[index] = [classifier.predict(images[index]) for _ in range(20)]
+
+    threads = [threading.Thread(target=predict_repeatedly, args=(index,)) for index in range(len(images))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == list(range(len(images)))
+    for index, predictions in results.items():
+        for prediction in predictions:
+            np.testing.assert_array_equal(prediction.probabilities, expected[index].probabilities)
+            np.testing.assert_array_equal(prediction.class_maps, expected[index].class_maps)
+
+
+def test_heatmap_is_hot_where_the_class_map_is_high() -> None:
+    photo = Image.new("RGB", (200, 100), (128, 128, 128))
+    class_map = np.full((4, 8), -1.0)  # (height, width), like the model's output
+    class_map[0, 7] = 5.0  # the top-right corner
+
+    overlay = np.asarray(heatmap(photo, class_map), dtype=int)
+
+    assert overlay.shape == (100, 200, 3)
+    top_right, bottom_left = overlay[5, 195], overlay[95, 5]
+    assert top_right[0] > top_right[2], "hot: more red than blue"
+    assert bottom_left[2] > bottom_left[0], "cold: more blue than red"
+
+
+def test_heatmap_of_no_evidence_is_uniformly_cold() -> None:
+    photo = Image.new("RGB", (20, 10), (128, 128, 128))
+    overlay = np.asarray(heatmap(photo, np.full((2, 2), -3.0)), dtype=int)
+    assert (overlay == overlay[0, 0]).all() and overlay[0, 0, 2] > overlay[0, 0, 0]
+
+
+def test_exif_rotated_photo_reaches_the_model_upright(classifier: Classifier) -> None:
+    photo = imaging.open_rgb(rotated_jpeg(), "sideways.jpg")  # what the page shows
+    assert photo.size == (48, 96)
+    pixels = np.asarray(photo, dtype=int)
+    assert pixels[:48, :, 0].mean() > 200 and pixels[:48, :, 2].mean() < 60, "top half red"
+    assert pixels[48:, :, 2].mean() > 200 and pixels[48:, :, 0].mean() < 60, "bottom half blue"
+
+    seen = imaging.load_pixels(rotated_jpeg(), classifier.input_size, "sideways.jpg")  # what the model gets
+    height, width = classifier.input_size
+    upright = np.asarray(upright_portrait().resize((width, height), Image.Resampling.BILINEAR), dtype=int)
+    assert np.abs(seen.astype(int) - upright).max() < 40
+
+
+def noise(size: tuple[int, int], seed: int) -> np.ndarray:
+    """A random RGB image of `size` (height, width); different seeds give different predictions."""
+    return np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)

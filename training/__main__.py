@@ -1,0 +1,108 @@
+"""Command line: `python -m training {compare,check-data,predict,export} ...` (see --help).
+
+Every expected problem (bad data, bad settings, missing weights, unreadable images) is reported
+as one line naming the file and what is wrong, with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = "Run the same compare command again after an interruption: it resumes where it stopped."
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0], epilog=EPILOG)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compare = commands.add_parser("compare", help="train each backbone and write the comparison table")
+    compare.add_argument("--config", help="TOML file of settings (command-line options override it)")
+    compare.add_argument("--data", help="dataset folder: train/ valid/ test/ of class folders, or class folders")
+    compare.add_argument("--backbones", help="comma-separated, e.g. resnet50,vgg16,inceptionv3,mobilenet:0.25")
+    compare.add_argument("--run", help="run name (folder under --output-dir); default: the dataset's name")
+    compare.add_argument("--output-dir", help="where runs are written (default saved_models)")
+    compare.add_argument("--cache-dir", help="bottleneck feature cache (default .cache/features)")
+    compare.add_argument("--weights", help="imagenet (default), none (from scratch), or a weights file")
+    compare.add_argument("--weights-dir", help="folder of Keras ImageNet weight files by their Keras names")
+    compare.add_argument("--weights-file", action="append", metavar="BACKBONE=PATH",
+                         help="weights file for one backbone (repeatable)")
+    compare.add_argument("--image-size", type=int, help="input size for every backbone (default: each one's own)")
+    compare.add_argument("--batch-size", type=int)
+    compare.add_argument("--seed", type=int)
+    compare.add_argument("--head-epochs", type=int)
+    compare.add_argument("--fine-tune-epochs", type=int)
+    compare.add_argument("--augment-views", type=int, help="augmented copies of each training image to cache")
+    compare.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    compare.add_argument("--no-fine-tune", dest="fine_tune", action="store_false", default=None)
+    compare.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
+    compare.add_argument("--strategy", choices=["default", "mirrored"], help="mirrored: all local GPUs")
+
+    check = commands.add_parser("check-data", help="check a dataset folder and print its report")
+    check.add_argument("data")
+
+    predict = commands.add_parser("predict", help="top-k classes of an image, or of a folder of images (CSV)")
+    predict.add_argument("--model", required=True, help="a backbone folder, e.g. saved_models/<run>/<backbone>")
+    predict.add_argument("target", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--names", help="JSON file mapping class folder names to display names")
+    predict.add_argument("--output", default="predictions.csv", help="CSV written for a folder")
+
+    export = commands.add_parser("export", help="write a deployable LiteRT folder for the web app")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a backbone folder, e.g. saved_models/<run>/<backbone>")
+    source.add_argument("--run", help="a run folder; with --best, its best backbone")
+    export.add_argument("--best", action="store_true", help="with --run: export the best backbone")
+    export.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32")
+    export.add_argument("--out", help="deploy folder (default saved_models/deploy/<backbone>[-<quantize>])")
+    args = parser.parse_args(argv)
+    for item in getattr(args, "weights_file", None) or []:
+        if "=" not in item:
+            parser.error(f"--weights-file {item!r}: expected BACKBONE=PATH, e.g. resnet50=weights/resnet50.h5")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
+    import imaging
+    from training.backbones import BackboneError
+    from training.compare import RunError
+    from training.config import ConfigError
+    from training.folder import DataError
+    from training.predict import ModelFolderError
+
+    try:
+        if args.command == "check-data":
+            from training.folder import scan
+
+            print(scan(args.data).report())
+        elif args.command == "compare":
+            from training.compare import compare
+            from training.config import load_config
+
+            overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+            if args.backbones:
+                overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
+            if args.weights_file:
+                overrides["weight_files"] = dict(item.split("=", 1) for item in args.weights_file)
+            compare(load_config(args.config, overrides))
+        elif args.command == "predict":
+            from training.predict import run_predict
+
+            run_predict(args.model, args.target, args.top_k, args.names, args.output)
+        elif args.command == "export":
+            from training.export import run_export
+
+            run_export(args.model, args.run, args.best, args.quantize, args.out)
+    except (BackboneError, ConfigError, DataError, ModelFolderError, RunError, imaging.ImageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Stage 3: the classifier and the views of it that each later stage needs.
+
+    raw RGB 0..255 -> preprocess -> backbone -> pool -> dropout -> logits (dense) -> softmax
+
+The head is deliberately linear (global average pooling, then one dense layer), which makes
+class activation maps exact: the dense layer applied at every position of the feature map gives
+a map whose average *is* the class logit.
+
+The views below share the classifier's own layer objects. `bottom` is the frozen part of the backbone
+(its output is cached), `top` the blocks above it plus the head (trained in phase 2 on that
+cache), `head` the dense layer alone (phase 1), `with_class_maps` the exported model. Training a
+view trains the classifier; the exported heatmap reads the very weights that classify.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from training.backbones import Variant, build_base, preprocessing_layers
+
+
+def build_classifier(variant: Variant, num_classes: int, weights, dropout: float) -> keras.Model:
+    """The full model, with the backbone frozen (phase 1)."""
+    inputs = keras.Input((variant.size, variant.size, 3), name="pixels")
+    base = build_base(variant, weights)
+    base.name = "backbone"
+    base.trainable = False
+    x = preprocessing_layers(variant.backbone.preprocessing)(inputs)
+    # training=False keeps BatchNorm in inference mode even once the top blocks are unfrozen.
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dropout(dropout, name="dropout")(x)
+    x = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
+    outputs = keras.layers.Softmax(name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"{variant.id}_classifier")
+
+
+def bottom(classifier: keras.Model, frozen_until: str) -> keras.Model:
+    """Raw pixels -> activations of `frozen_until`: the part that never trains, cached once."""
+    base = classifier.get_layer("backbone")
+    frozen = keras.Model(base.input, base.get_layer(frozen_until).output, name="bottom")
+    x = classifier.get_layer("preprocess")(classifier.input)
+    return keras.Model(classifier.input, frozen(x, training=False))
+
+
+def top(classifier: keras.Model, frozen_until: str, pooled_only: bool = False) -> keras.Model:
+    """Cached activations -> probabilities (or pooled features), sharing the classifier's layers.
+
+    Fitting this model fits the classifier itself: phase 2 trains it on cached activations.
+    """
+    base = classifier.get_layer("backbone")
+    blocks = keras.Model(base.get_layer(frozen_until).output, base.output, name="top_blocks")
+    activations = keras.Input(blocks.input.shape[1:], name="activations")
+    x = classifier.get_layer("pool")(blocks(activations, training=False))
+    if not pooled_only:
+        x = classifier.get_layer("probabilities")(classifier.get_layer("logits")(classifier.get_layer("dropout")(x)))
+    return keras.Model(activations, x)
+
+
+def head(classifier: keras.Model) -> keras.Model:
+    """Pooled features -> probabilities, sharing the classifier's dropout and dense layers."""
+    features = keras.Input(classifier.get_layer("pool").output.shape[1:], name="features")
+    x = classifier.get_layer("dropout")(features)
+    x = classifier.get_layer("logits")(x)
+    return keras.Model(features, classifier.get_layer("probabilities")(x), name="head")
+
+
+def unfreeze_top(classifier: keras.Model, frozen_until: str) -> None:
+    """Make the backbone's blocks above `frozen_until` trainable (phase 2); BatchNorm stays frozen."""
+    base = classifier.get_layer("backbone")
+    base.trainable = True
+    first = [layer.name for layer in base.layers].index(frozen_until) + 1
+    for index, layer in enumerate(base.layers):
+        layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def with_class_maps(classifier: keras.Model) -> keras.Model:
+    """The classifier with a second output: class activation maps, shape (h, w, classes).
+
+    Each map is the dense layer applied at every position of the backbone's feature map (bias
+    included), so averaging a class's map over positions gives exactly that class's logit.
+    """
+    inputs = keras.Input(classifier.input.shape[1:], name="pixels")
+    x = classifier.get_layer("preprocess")(inputs)
+    feature_map = classifier.get_layer("backbone")(x, training=False)
+    logits = classifier.get_layer("logits")
+    probabilities = classifier.get_layer("probabilities")(logits(classifier.get_layer("pool")(feature_map)))
+    class_maps = keras.layers.Identity(name="class_maps")(logits(feature_map))
+    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": class_maps})
