@@ -65,6 +65,8 @@ def open_rgb(source: Source, name: str | None = None, draft_size: tuple[int, int
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", draft_size)
             image.load()
+            if draft_size and image.mode in ("L", "RGB", "RGBA", "LA", "I", "F"):
+                image = shrink(image, draft_size)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -74,6 +76,16 @@ def open_rgb(source: Source, name: str | None = None, draft_size: tuple[int, int
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name}: the image is truncated or corrupt ({error})") from None
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def shrink(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Box-average a decoded image by the largest whole factor that keeps it at least `size`.
+
+    The JPEG decoder does this itself (`draft`); for PNG, WebP and the rest it keeps a
+    50-megapixel upload from needing several full-size copies during conversion.
+    """
+    factor = min(image.width // size[0], image.height // size[1])
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -160,7 +160,8 @@ def _find_tensors(interpreter: Interpreter, path: Path) -> tuple[dict, dict, dic
         )
     (image,) = inputs
     if len(image["shape"]) != 4 or image["shape"][-1] != 3 or image["dtype"] != np.float32:
-        raise ModelError(f"{path}: expected a float32 [1, H, W, 3] input, found {image['dtype'].__name__} {list(image['shape'])}")
+        found = f"{image['dtype'].__name__} {list(image['shape'])}"
+        raise ModelError(f"{path}: expected a float32 [1, H, W, 3] input, found {found}")
     by_rank = {len(output["shape"]): output for output in outputs}
     return image, by_rank[2], by_rank[4]
 

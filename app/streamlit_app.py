@@ -92,9 +92,10 @@ def choose_model(classifiers: list[Classifier]) -> Classifier:
 
 
 def describe(classifier: Classifier) -> str:
-    """A one-line summary of a model for menus and captions."""
+    """A one-line summary of a model: name, backbone, quantization and test accuracy."""
     card = classifier.card
-    return f"{classifier.name}: {card['backbone']}, {card['quantization']}, test top-1 {card['litert_metrics']['top1']:.1%}"
+    accuracy = card["litert_metrics"]["top1"]
+    return f"{classifier.name}: {card['backbone']}, {card['quantization']}, test top-1 {accuracy:.1%}"
 
 
 def choose_photo(root: Path) -> tuple[str, bytes] | None:

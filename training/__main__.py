@@ -7,6 +7,7 @@ as one line naming the file and what is wrong, with exit status 2, never as a tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EPILOG = "Run the same compare command again after an interruption: it resumes where it stopped."
@@ -62,13 +63,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up notices hidden.
+
+    They are written straight to file descriptor 2 before any Python or environment setting
+    applies, so only pointing that descriptor elsewhere for the import silences them. A Python
+    error raised by the import still shows, as it is printed after the descriptor is back.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    import_tensorflow_quietly()
     # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
     import imaging
     from training.backbones import BackboneError
     from training.compare import RunError
     from training.config import ConfigError
+    from training.export import ExportError
     from training.folder import DataError
     from training.predict import ModelFolderError
 
@@ -95,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             from training.export import run_export
 
             run_export(args.model, args.run, args.best, args.quantize, args.out)
-    except (BackboneError, ConfigError, DataError, ModelFolderError, RunError, imaging.ImageError) as error:
+    except (BackboneError, ConfigError, DataError, ExportError, ModelFolderError, RunError,
+            imaging.ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,7 +47,7 @@ class Config:
     # Phase 1: the head (pooling -> dropout -> dense softmax) on cached features.
     dropout: float = 0.2
     head_epochs: int = 60
-    head_learning_rate: float = 1e-3
+    head_learning_rate: float = 3e-3
     head_patience: int = 8
 
     # Phase 2: unfreeze the backbone's top blocks with a low learning rate.

@@ -87,6 +87,7 @@ def fine_tune(
             train_batches,
             validation_data=valid_batches,
             epochs=config.fine_tune_epochs,
+            shuffle=False,  # `batches` already reshuffles every epoch
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(folder / "backup"), double_checkpoint=True),
                 keras.callbacks.CSVLogger(str(folder / "finetune_log.csv"), append=True),

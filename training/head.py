@@ -34,7 +34,7 @@ def train_head(
         *train,
         validation_data=valid,
         epochs=config.head_epochs,
-        batch_size=64,
+        batch_size=256,  # a linear head on 12k feature vectors: big batches, few steps
         shuffle=True,
         callbacks=[stop],
         verbose=0,

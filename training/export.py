@@ -1,0 +1,136 @@
+"""Stage 9: turn a trained backbone into a deployable LiteRT folder for the web app.
+
+    saved_models/deploy/<backbone>[-<quantization>]/
+        model.tflite      raw RGB 0..255 in; outputs "probabilities" and "class_maps"
+        labels.json       class names in output order
+        model_card.json   backbone, input size, classes, test metrics (Keras and LiteRT), ...
+    saved_models/deploy/samples/, comparison.{json,md}   for the app's sample picker and table
+
+The exported model is the classifier with its class-activation-map output (`model.with_class_maps`),
+preprocessing included, so the app only decodes and resizes (with `imaging`, as training did).
+The export checks itself: the `.tflite` file is run on the test split, and a quantized variant
+that loses more than one point of top-1 accuracy against the Keras model is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+import imaging
+from training.artifacts import atomic_path, read_json, write_json, write_text
+from training.evaluate import metrics
+from training.model import with_class_maps
+from training.predict import ModelFolderError, load_model_folder
+
+MAX_QUANTIZATION_LOSS = 0.01  # top-1, absolute: one point
+SAMPLES = 6  # sample images offered by the app
+
+# Converter settings for each variant (Keras passes them to the TFLite converter).
+QUANTIZATION = {
+    "float32": {},
+    "float16": {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_types": [tf.float16]}},
+    "int8": {"optimizations": [tf.lite.Optimize.DEFAULT]},  # dynamic range: int8 weights
+}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or that fails its own accuracy check."""
+
+
+def litert_probabilities(path: Path, images: list[np.ndarray]) -> np.ndarray:
+    """Run the exported file on each image; return the stacked probabilities."""
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    interpreter.allocate_tensors()
+    [pixels] = interpreter.get_input_details()
+    outputs = interpreter.get_output_details()
+    [probabilities] = [o for o in outputs if len(o["shape"]) == 2]
+    rows = []
+    for image in images:
+        interpreter.set_tensor(pixels["index"], image[None].astype("float32"))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(probabilities["index"])[0].copy())
+    return np.stack(rows)
+
+
+def best_backbone(run: Path) -> Path:
+    """The backbone folder ranked first in a run's comparison table."""
+    table = run / "comparison.json"
+    if not table.is_file():
+        raise ExportError(f"{run}: no comparison.json; train the run first with `python -m training compare`")
+    [best] = [row for row in read_json(table) if row["best"]]
+    return run / best["backbone"]
+
+
+def export(folder: Path, quantize: str, out: Path) -> dict:
+    """Export the backbone in `folder` to `out`; returns the model card."""
+    model, classes = load_model_folder(folder)
+    saved = read_json(folder / "metrics.json")
+    run = read_json(folder.parent / "run.json")
+    size = tuple(model.input.shape[1:3])
+    test_paths = run["splits"]["test"]
+    images = [imaging.load_pixels(path, size) for path in test_paths]
+    labels = np.array([classes.index(Path(path).parent.name) for path in test_paths])
+
+    print(f"exporting {folder} ({quantize}) to {out}")
+    with atomic_path(out / "model.tflite") as temporary:
+        with_class_maps(model).export(str(temporary), format="litert", verbose=False, **QUANTIZATION[quantize])
+        exported = metrics(labels, litert_probabilities(temporary, images), classes)
+        loss = saved["test"]["top1"] - exported["top1"]
+        if quantize != "float32" and loss > MAX_QUANTIZATION_LOSS:
+            raise ExportError(
+                f"{quantize} export of {folder} refused: test top-1 {exported['top1']:.1%} is "
+                f"{loss:.1%} below the Keras model's {saved['test']['top1']:.1%} (limit "
+                f"{MAX_QUANTIZATION_LOSS:.0%}); use a wider variant, e.g. --quantize float16"
+            )
+    card = {
+        "backbone": saved["summary"]["backbone"],
+        "input_size": list(size),
+        "classes": classes,
+        "quantization": quantize,
+        "metrics": {k: saved["test"][k] for k in ("top1", "top5", "macro_f1")},
+        "litert_metrics": {k: exported[k] for k in ("top1", "top5", "macro_f1")},
+        "test_images": len(test_paths),
+        "dataset_fingerprint": run["dataset_fingerprint"],
+        "size_bytes": (out / "model.tflite").stat().st_size,
+        "source": str(folder),
+        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json(out / "labels.json", classes)
+    write_json(out / "model_card.json", card)
+    copy_extras(folder, test_paths, out.parent)
+    print(f"  test top-1: Keras {saved['test']['top1']:.1%}, LiteRT {exported['top1']:.1%}; "
+          f"{card['size_bytes'] / 1e6:.1f} MB")
+    return card
+
+
+def copy_extras(folder: Path, test_paths: list[str], root: Path) -> None:
+    """Give the app its sample images (a few test images, named by class) and the run's table."""
+    by_class = {Path(path).parent.name: Path(path) for path in sorted(test_paths)}
+    names = sorted(by_class)
+    for name in names[:: max(1, len(names) // SAMPLES)][:SAMPLES]:
+        target = root / "samples" / f"{name}{by_class[name].suffix.lower()}"
+        with atomic_path(target) as temporary:
+            shutil.copyfile(by_class[name], temporary)
+    for table in ("comparison.json", "comparison.md"):
+        if (folder.parent / table).is_file():
+            write_text(root / table, (folder.parent / table).read_text(encoding="utf-8"))
+
+
+def run_export(model: str | None, run: str | None, best: bool, quantize: str, out: str | None) -> None:
+    """The `export` command."""
+    if run and not best:
+        raise ExportError("--run needs --best (or pass --model saved_models/<run>/<backbone>)")
+    folder = best_backbone(Path(run)) if run else Path(model)
+    if not (folder / "metrics.json").is_file():
+        raise ModelFolderError(f"{folder}: no metrics.json; expected a backbone folder trained by compare")
+    suffix = "" if quantize == "float32" else f"-{quantize}"
+    export(folder, quantize, Path(out) if out else Path("saved_models/deploy") / f"{folder.name}{suffix}")
