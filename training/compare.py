@@ -112,8 +112,9 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
         classifier = build_classifier(variant, len(dataset.classes), weights, config.dropout)
 
     # Phase 1 and 2 both train on the cached output of the frozen bottom of the backbone.
-    start, frozen_until = time.perf_counter(), variant.backbone.frozen_until
-    frozen, key = bottom(classifier, frozen_until), resolved["weights_id"]
+    # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
+    start, frozen_until = time.perf_counter(), variant.backbone.frozen_until if weights else None
+    frozen, key = bottom(classifier, frozen_until), f"{resolved['weights_id']}@{frozen_until}"
     train = training_activations(frozen, config, dataset, variant, key)
     valid = extract(frozen, config, dataset, variant, key, "valid")
     extract_s = time.perf_counter() - start

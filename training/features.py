@@ -37,8 +37,7 @@ def weights_id(weights: str | Path | None, seed: int) -> str:
 
 def cache_file(config: Config, dataset: Dataset, variant: Variant, weights_key: str, split: str, view: int) -> Path:
     """The cache file of one split (and augmented view), named by everything its content depends on."""
-    parts = [dataset.fingerprint(split), variant.id, str(variant.size), variant.backbone.frozen_until,
-             weights_key, split, str(view)]
+    parts = [dataset.fingerprint(split), variant.id, str(variant.size), weights_key, split, str(view)]
     if view > 0:
         parts += [str(config.seed), repr((config.flip, config.rotation, config.zoom, config.translation))]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
@@ -49,7 +48,10 @@ def extract(
     bottom: keras.Model, config: Config, dataset: Dataset, variant: Variant,
     weights_key: str, split: str, view: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(activations, labels) of one split and view, from the cache or computed and cached."""
+    """(activations, labels) of one split and view, from the cache or computed and cached.
+
+    `weights_key` names the starting weights and the layer whose output `bottom` gives.
+    """
     path = cache_file(config, dataset, variant, weights_key, split, view)
     if path.is_file():
         with np.load(path) as cached:

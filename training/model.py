@@ -26,8 +26,9 @@ def build_classifier(variant: Variant, num_classes: int, weights, dropout: float
     base.name = "backbone"
     base.trainable = False
     x = preprocessing_layers(variant.backbone.preprocessing)(inputs)
-    # training=False keeps BatchNorm in inference mode even once the top blocks are unfrozen.
-    x = base(x, training=False)
+    # With pretrained weights, training=False keeps BatchNorm in inference mode even once the
+    # top blocks are unfrozen. From scratch there are no statistics to keep: BatchNorm learns.
+    x = base(x, training=False) if weights is not None else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
@@ -35,23 +36,28 @@ def build_classifier(variant: Variant, num_classes: int, weights, dropout: float
     return keras.Model(inputs, outputs, name=f"{variant.id}_classifier")
 
 
-def bottom(classifier: keras.Model, frozen_until: str) -> keras.Model:
-    """Raw pixels -> activations of `frozen_until`: the part that never trains, cached once."""
-    base = classifier.get_layer("backbone")
-    frozen = keras.Model(base.input, base.get_layer(frozen_until).output, name="bottom")
+def bottom(classifier: keras.Model, frozen_until: str | None) -> keras.Model:
+    """Raw pixels -> activations of `frozen_until`: the part that never trains, cached once.
+
+    `frozen_until=None` (training from scratch) freezes nothing: the bottom is preprocessing only.
+    """
     x = classifier.get_layer("preprocess")(classifier.input)
-    return keras.Model(classifier.input, frozen(x, training=False))
+    if frozen_until is not None:
+        base = classifier.get_layer("backbone")
+        x = keras.Model(base.input, base.get_layer(frozen_until).output, name="bottom")(x, training=False)
+    return keras.Model(classifier.input, x)
 
 
-def top(classifier: keras.Model, frozen_until: str, pooled_only: bool = False) -> keras.Model:
+def top(classifier: keras.Model, frozen_until: str | None, pooled_only: bool = False) -> keras.Model:
     """Cached activations -> probabilities (or pooled features), sharing the classifier's layers.
 
     Fitting this model fits the classifier itself: phase 2 trains it on cached activations.
     """
     base = classifier.get_layer("backbone")
-    blocks = keras.Model(base.get_layer(frozen_until).output, base.output, name="top_blocks")
+    start = base.input if frozen_until is None else base.get_layer(frozen_until).output
+    blocks = keras.Model(start, base.output, name="top_blocks")
     activations = keras.Input(blocks.input.shape[1:], name="activations")
-    x = classifier.get_layer("pool")(blocks(activations, training=False))
+    x = classifier.get_layer("pool")(blocks(activations, training=False if frozen_until else None))
     if not pooled_only:
         x = classifier.get_layer("probabilities")(classifier.get_layer("logits")(classifier.get_layer("dropout")(x)))
     return keras.Model(activations, x)
@@ -65,13 +71,15 @@ def head(classifier: keras.Model) -> keras.Model:
     return keras.Model(features, classifier.get_layer("probabilities")(x), name="head")
 
 
-def unfreeze_top(classifier: keras.Model, frozen_until: str) -> None:
-    """Make the backbone's blocks above `frozen_until` trainable (phase 2); BatchNorm stays frozen."""
+def unfreeze_top(classifier: keras.Model, frozen_until: str | None) -> None:
+    """Make the backbone's blocks above `frozen_until` trainable, BatchNorm kept frozen; with
+    `frozen_until=None` (from scratch), every layer."""
     base = classifier.get_layer("backbone")
     base.trainable = True
-    first = [layer.name for layer in base.layers].index(frozen_until) + 1
+    first = 0 if frozen_until is None else [layer.name for layer in base.layers].index(frozen_until) + 1
     for index, layer in enumerate(base.layers):
-        layer.trainable = index >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= first and not (batch_norm and frozen_until is not None)
 
 
 def with_class_maps(classifier: keras.Model) -> keras.Model:

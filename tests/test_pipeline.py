@@ -1,0 +1,172 @@
+"""End to end: every registry backbone trains, saves, reloads, predicts and lands in the table."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_dataset, run_cli
+from training.backbones import REGISTRY, BackboneError, parse_variant, preprocessing_layers, resolve_weights
+from training.compare import compare
+from training.config import Config, ConfigError, load_config
+
+
+def test_every_backbone_end_to_end(tmp_path):
+    """Train -> save -> reload -> predict for all registry entries, and one table row each."""
+    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
+    config = Config(data=str(data), run="all", output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                    backbones=list(REGISTRY), weights="none", image_size=75, head_epochs=2, fine_tune_epochs=1)
+    rows = compare(config)
+    run = tmp_path / "runs" / "all"
+    assert sorted(row["backbone"] for row in rows) == sorted(v.id for v in map(parse_variant, REGISTRY))
+    assert [row["rank"] for row in rows] == list(range(1, len(REGISTRY) + 1))
+    assert sum(row["best"] for row in rows) == 1 and rows[0]["best"]
+    assert rows == sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
+    for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "dataset.png", "run.json"):
+        assert (run / name).stat().st_size > 0, name
+    with open(run / "comparison.csv") as file:
+        assert len(list(csv.DictReader(file))) == len(REGISTRY)
+    for row in rows:
+        folder = run / row["backbone"]
+        for name in ("model.keras", "labels.json", "metrics.json", "config.json", "confusion_matrix.csv",
+                     "confusion_matrix.png", "training_curves.png"):
+            assert (folder / name).is_file(), f"{folder}/{name}"
+        assert row["params_total"] > row["params_trainable"] > 0
+        assert row["latency_ms"] > 0 and row["size_mb"] > 0
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert set(metrics["test"]["per_class"]) == {"blue triangle", "green square", "red circle"}
+        model = keras.models.load_model(folder / "model.keras")
+        assert model.input.shape[1:] == (75, 75, 3)
+        assert model.output.shape[-1] == 3
+
+
+def test_reloaded_model_predicts_the_same_in_a_fresh_process(trained_run, tiny_dataset):
+    folder = trained_run / "vgg16"
+    images = sorted((tiny_dataset / "test").rglob("*.jpg"))[:4]
+    script = textwrap.dedent(f"""
+        import json, keras, numpy as np, imaging
+        model = keras.models.load_model({str(folder / 'model.keras')!r})
+        pixels = np.stack([imaging.load_pixels(p, (32, 32)) for p in {list(map(str, images))!r}])
+        print(json.dumps(model.predict(pixels.astype('float32'), verbose=0).tolist()))
+    """)
+    fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    here = keras.models.load_model(folder / "model.keras")
+    import imaging
+
+    pixels = np.stack([imaging.load_pixels(p, (32, 32)) for p in images]).astype("float32")
+    np.testing.assert_allclose(np.array(json.loads(fresh.stdout.strip().splitlines()[-1])),
+                               here.predict(pixels, verbose=0), atol=1e-6)
+
+
+def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp_path):
+    folder = trained_run / "vgg16"
+    image = tiny_dataset / "test" / "red circle" / "0.jpg"
+    single = run_cli("predict", "--model", str(folder), str(image), "--top-k", "2")
+    assert single.returncode == 0, single.stderr
+    lines = single.stdout.strip().splitlines()
+    assert lines[0] == str(image) and len(lines) == 3 and lines[1].strip().endswith(("circle", "square", "triangle"))
+
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"red circle": "Red Circle (display)"}))
+    (tiny_dataset / "test" / "broken.jpg").write_text("nope")
+    out = tmp_path / "predictions.csv"
+    many = run_cli("predict", "--model", str(folder), str(tiny_dataset / "test"), "--names", str(names),
+                   "--output", str(out), "--top-k", "3")
+    (tiny_dataset / "test" / "broken.jpg").unlink()
+    assert many.returncode == 0, many.stderr
+    with open(out) as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 13  # 12 images + the broken one, reported not fatal
+    broken = [row for row in rows if row["image"].endswith("broken.jpg")][0]
+    assert "not an image" in broken["error"] and broken["top1"] == ""
+    ok = [row for row in rows if not row["error"]]
+    assert all("Red Circle (display)" in (row["top1"], row["top2"], row["top3"]) for row in ok)
+    assert all(abs(sum(float(row[f"p{i}"]) for i in (1, 2, 3)) - 1) < 1e-4 for row in ok)
+
+
+def test_predict_command_names_a_wrong_model_folder(tmp_path):
+    result = run_cli("predict", "--model", str(tmp_path), str(tmp_path))
+    assert result.returncode == 2 and "no model.keras here" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_preprocessing_inside_the_model_matches_keras(name):
+    """The in-model layers do exactly what the backbone's own preprocess_input does."""
+    module = {"resnet50": keras.applications.resnet50, "vgg16": keras.applications.vgg16,
+              "inceptionv3": keras.applications.inception_v3, "mobilenet": keras.applications.mobilenet,
+              "mobilenetv2": keras.applications.mobilenet_v2,
+              "efficientnetb0": keras.applications.efficientnet}[name]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    layers = preprocessing_layers(REGISTRY[name].preprocessing)
+    np.testing.assert_allclose(layers(pixels).numpy(), module.preprocess_input(pixels.copy()), atol=1e-4)
+
+
+def test_backbone_specs_are_checked():
+    assert parse_variant("mobilenet:0.25").id == "mobilenet_0.25"
+    assert parse_variant("inceptionv3").size == 299
+    assert parse_variant("mobilenetv2:0.35").weights_file == \
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet18'"):
+        parse_variant("resnet18")
+    with pytest.raises(BackboneError, match="alpha must be one of"):
+        parse_variant("mobilenet:0.3")
+    with pytest.raises(BackboneError, match="takes no alpha"):
+        parse_variant("vgg16:0.5")
+
+
+def test_missing_imagenet_weights_stop_before_training_and_name_the_file(tmp_path, monkeypatch):
+    variant = parse_variant("resnet50")
+    with pytest.raises(BackboneError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5 is missing"):
+        resolve_weights(variant, "imagenet", weights_dir=tmp_path)
+    # Online path: Keras' own download; offline it fails, and the message says where to put the file.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("training.backbones.build_base", lambda *a: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(BackboneError, match=rf"Put resnet50_weights.*notop\.h5 in {tmp_path}/keras/models"):
+        resolve_weights(variant, "imagenet")
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    (tmp_path / "keras" / "models" / variant.weights_file).write_bytes(b"cached")
+    assert resolve_weights(variant, "imagenet") == tmp_path / "keras" / "models" / variant.weights_file
+    assert resolve_weights(variant, "none") is None
+    with pytest.raises(BackboneError, match="weights file .*nope.h5 does not exist"):
+        resolve_weights(variant, "imagenet", weight_file=tmp_path / "nope.h5")
+
+
+def test_compare_command_refuses_missing_weights_before_any_work(tmp_path, tiny_dataset):
+    result = run_cli("compare", "--data", str(tiny_dataset), "--backbones", "mobilenet:0.25,vgg16",
+                     "--weights-dir", str(tmp_path), "--output-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    assert "mobilenet_2_5_224_tf_no_top.h5 is missing" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "experiment.toml"
+    toml.write_text('data = "somewhere"\nbackbones = ["vgg16"]\nfine_tune_epochs = 7\nsplit = [0.7, 0.2, 0.1]\n')
+    config = load_config(toml, {"fine_tune_epochs": 2, "seed": None})
+    assert (config.data, config.backbones, config.fine_tune_epochs, config.split) == \
+        ("somewhere", ["vgg16"], 2, (0.7, 0.2, 0.1))
+    toml.write_text('data = "x"\nepochs = 3\n')
+    with pytest.raises(ConfigError, match="unknown setting.*epochs"):
+        load_config(toml, {})
+    toml.write_text("data = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(toml, {})
+    with pytest.raises(ConfigError, match="no dataset given"):
+        load_config(None, {})
+    result = run_cli("compare", "--config", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2 and "cannot read the config file" in result.stderr
+
+
+def test_learnability_on_an_easy_task(trained_run):
+    """From random weights, on coloured shapes, the pipeline must really learn."""
+    metrics = json.loads((trained_run / "vgg16" / "metrics.json").read_text())
+    assert metrics["test"]["top1"] >= 0.9, metrics["summary"]
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["config"]["weights"] == "none" and len(run["splits"]["test"]) == 12
