@@ -61,3 +61,19 @@ def save_figure(path: str | Path, figure) -> None:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
+
+
+def remove_orphans(folder: str | Path) -> None:
+    """Delete temporary files left under `folder` by processes that were killed mid-write.
+
+    Each temporary name carries its writer's process id; a file whose writer is still alive
+    (another run working here right now) is left alone.
+    """
+    for path in Path(folder).rglob(".tmp-*"):
+        pid = int(path.name.split("-")[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except PermissionError:  # alive, but another user's
+            pass

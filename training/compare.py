@@ -16,6 +16,7 @@ picks up at the first missing step; backbones with metrics are not retrained.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 
-from training.artifacts import atomic_path, read_json, save_figure, write_csv, write_json, write_text
+from training.artifacts import atomic_path, read_json, remove_orphans, save_figure, write_csv, write_json, write_text
 from training.backbones import Variant, parse_variant, resolve_weights
 from training.config import Config
 from training.dataset import image_dataset
@@ -54,7 +55,12 @@ def compare(config: Config) -> list[dict]:
     }
     dataset = scan(config.data, config.seed, config.split)
     print(dataset.report())
+    resolved = {v.id: backbone_config(config, dataset, v, weights[v.id]) for v in variants}
     run_dir = config.run_dir
+    for variant in variants:  # Refuse before writing anything.
+        check_resumable(run_dir / variant.id, resolved[variant.id])
+    for folder in (run_dir, Path(config.cache_dir)):
+        remove_orphans(folder)
     write_json(run_dir / "run.json", {
         "config": config.to_dict(), "classes": dataset.classes, "dataset_fingerprint": dataset.fingerprint(),
         "layout": dataset.layout, "report": dataset.report(),
@@ -68,7 +74,7 @@ def compare(config: Config) -> list[dict]:
     rows = []
     for variant in variants:
         print(f"\n== {variant.id} ({variant.size}x{variant.size}, weights: {weights[variant.id] or 'none'})")
-        rows.append(train_backbone(config, dataset, variant, weights[variant.id], strategy))
+        rows.append(train_backbone(config, dataset, variant, weights[variant.id], resolved[variant.id], strategy))
     rows = write_comparison(run_dir, rows)
     print("\n" + (run_dir / "comparison.md").read_text())
     return rows
@@ -90,6 +96,7 @@ def check_resumable(folder: Path, resolved: dict) -> None:
     if not saved_path.is_file():
         return
     saved = read_json(saved_path)
+    resolved = json.loads(json.dumps(resolved))  # compare as saved: tuples become lists
     different = [k for k in resolved if k not in ("weights", "settings") and saved.get(k) != resolved[k]]
     different += [k for k, v in resolved["settings"].items() if saved.get("settings", {}).get(k) != v]
     if different:
@@ -97,11 +104,9 @@ def check_resumable(folder: Path, resolved: dict) -> None:
                        "use another --run name, or delete that folder to retrain it")
 
 
-def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, strategy) -> dict:
+def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, resolved: dict, strategy) -> dict:
     """Train, evaluate and save one backbone, resuming from whatever steps are already done."""
     folder = config.run_dir / variant.id
-    resolved = backbone_config(config, dataset, variant, weights)
-    check_resumable(folder, resolved)
     if (folder / "metrics.json").is_file():
         print(f"  already trained: {folder / 'metrics.json'}")
         return read_json(folder / "metrics.json")["summary"]
