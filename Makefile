@@ -1,0 +1,39 @@
+# The two commands of the README, and the details behind them.
+#   make run    set up, then train and compare the backbones on the default dataset
+#   make test   set up, then run the whole test suite
+VENV ?= .venv
+PYTHON ?= python3.11
+PY := $(VENV)/bin/python
+CONFIG ?= configs/butterflies50.toml
+
+.PHONY: setup run test export serve slug bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[serve,train,cpu,dev]'
+	touch $@
+
+run: setup
+	$(PY) -m training compare --config $(CONFIG)
+
+test: setup
+	$(PY) -m pytest
+
+export: setup
+	$(PY) -m training export --run saved_models/butterflies50 --best
+
+serve: setup
+	$(VENV)/bin/streamlit run app/streamlit_app.py
+
+slug: setup
+	$(PY) bench/slug.py
+
+bench: setup
+	$(PY) bench/training.py
+	$(PY) bench/serving.py
+
+clean:
+	rm -rf build .cache .pytest_cache test-artifacts

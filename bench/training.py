@@ -1,0 +1,167 @@
+"""Benchmark the training side on butterflies50 and record it in docs/BENCHMARKS.md.
+
+Run: `.venv/bin/python bench/training.py` from the repository root (about 25 minutes on 2 cores).
+
+Three jobs, each in its own process so its peak memory is its own, one after the other:
+1. the full recipe (`compare` with configs/butterflies50.toml: cached features, head, fine-tuning)
+   with an empty feature cache, on every backbone that has real ImageNet weights offline;
+2. the same comparison again as a new run with the cache warm;
+3. the original project's baseline recipe on the same data and weights: inputs rescaled by
+   1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets" / "butterflies50"
+WEIGHTS = ROOT.parent / "shared" / "weights"
+CONFIG = ROOT / "configs" / "butterflies50.toml"
+OUT = ROOT / "bench" / "results"
+BASELINE_EPOCHS = 5
+
+
+def run_job(args: list[str]) -> tuple[float, float]:
+    """Run a Python job in a fresh process; return (wall seconds, peak RSS in MB, sampled)."""
+    import psutil
+
+    start, peak = time.perf_counter(), 0
+    job = psutil.Popen([sys.executable, *args], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    while job.poll() is None:
+        try:
+            peak = max(peak, job.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.2)
+    if job.returncode:
+        raise SystemExit(f"job failed ({job.returncode}): {' '.join(args)}")
+    return time.perf_counter() - start, peak / 1e6
+
+
+def compare(run: str, cache: Path) -> list[str]:
+    return ["-m", "training", "compare", "--config", str(CONFIG), "--run", run,
+            "--output-dir", str(OUT), "--cache-dir", str(cache)]
+
+
+def baseline() -> None:
+    """The original recipe, per backbone: 1/255 inputs, frozen base, dense head, no cache."""
+    import keras
+    import numpy as np
+
+    from training.backbones import build_base, parse_variant
+    from training.config import load_config
+    from training.evaluate import metrics
+
+    config = load_config(CONFIG, {})
+    results = []
+    for spec in config.backbones:
+        variant = parse_variant(spec)
+        load = lambda split, shuffle: keras.utils.image_dataset_from_directory(  # noqa: E731
+            DATA / split, image_size=(variant.size, variant.size), batch_size=32, shuffle=shuffle, seed=1)
+        train, valid, test = load("train", True), load("valid", False), load("test", False)
+        base = build_base(variant, WEIGHTS / variant.weights_file)
+        base.trainable = False
+        model = keras.Sequential([
+            keras.Input((variant.size, variant.size, 3)), keras.layers.Rescaling(1 / 255), base,
+            keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dropout(0.5), keras.layers.Dense(len(train.class_names), activation="softmax"),
+        ])
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        start = time.perf_counter()
+        model.fit(train, validation_data=valid, epochs=BASELINE_EPOCHS, verbose=2)
+        seconds = time.perf_counter() - start
+        labels = [int(y) for _, batch in test for y in batch]
+        scores = metrics(np.array(labels), model.predict(test, verbose=0), train.class_names)
+        results.append({"backbone": variant.id, "top1": scores["top1"], "top5": scores["top5"],
+                        "macro_f1": scores["macro_f1"], "train_s": seconds})
+    (OUT / "baseline.json").write_text(json.dumps(results, indent=2))
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for title, _ in columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(fmt.format(**row) for _, fmt in columns) + " |" for row in rows)
+
+
+def record(section: str) -> None:
+    """Replace the training section of docs/BENCHMARKS.md, keeping every other section."""
+    path = ROOT / "docs" / "BENCHMARKS.md"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n"
+    start, end = "<!-- training:start -->", "<!-- training:end -->"
+    if start not in text:
+        text = text.replace("# Benchmarks\n", f"# Benchmarks\n\n{start}\n{end}\n", 1)
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    temporary = path.with_name(".tmp-BENCHMARKS.md")
+    temporary.write_text(f"{before}{start}\n{section}\n{end}{after}")
+    os.replace(temporary, path)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    cache = OUT / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    for run in ("cold", "warm"):
+        shutil.rmtree(OUT / run, ignore_errors=True)
+    cold_s, cold_mb = run_job(compare("cold", cache))
+    warm_s, warm_mb = run_job(compare("warm", cache))
+    base_s, base_mb = run_job([__file__, "--baseline"])
+
+    full = json.loads((OUT / "cold" / "comparison.json").read_text())
+    warm = json.loads((OUT / "warm" / "comparison.json").read_text())
+    base = json.loads((OUT / "baseline.json").read_text())
+    phase1 = sum(row["phase1_s"] for row in full)
+    warm_phase1 = sum(row["phase1_s"] for row in warm)
+    best = max(row["top1"] for row in full)
+    checks = [
+        ("every real-weight backbone >= 97% test top-1", all(r["top1"] >= 0.97 for r in full),
+         ", ".join(f"{r['backbone']} {r['top1']:.1%}" for r in full)),
+        ("best >= 98% test top-1", best >= 0.98, f"{best:.1%}"),
+        ("whole comparison (3 backbones, both phases) <= 10 min", cold_s <= 600, f"{cold_s / 60:.1f} min"),
+        ("phase 1 alone for the three <= 3 min", phase1 <= 180, f"{phase1 / 60:.1f} min"),
+        ("rerun with the feature cache warm <= 1 min (both phases)", warm_s <= 60,
+         f"{warm_s:.0f} s, of which phase 1 {warm_phase1:.0f} s"),
+    ]
+    section = "\n".join([
+        "## Training: butterflies50, full recipe vs the original baseline",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, no GPU, Python "
+        f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/training.py`. Test split: "
+        "250 images (one image = 0.4 points).",
+        "",
+        "### Full recipe (cached features, head, fine-tuning of the top blocks), cold cache",
+        table(full, [("backbone", "{backbone}"), ("test top-1", "{top1:.1%}"), ("top-5", "{top5:.1%}"),
+                     ("macro-F1", "{macro_f1:.3f}"), ("phase 1 s", "{phase1_s:.0f}"), ("phase 2 s", "{phase2_s:.0f}"),
+                     ("CPU ms/image", "{latency_ms:.1f}")]),
+        "",
+        f"Whole comparison: {cold_s:.0f} s wall, peak memory {cold_mb:.0f} MB. Warm-cache rerun: "
+        f"{warm_s:.0f} s wall (phase 1 {warm_phase1:.0f} s), peak {warm_mb:.0f} MB.",
+        "",
+        f"### Original baseline (1/255 inputs, frozen base, dense head, no cache, {BASELINE_EPOCHS} epochs)",
+        table(base, [("backbone", "{backbone}"), ("test top-1", "{top1:.1%}"), ("top-5", "{top5:.1%}"),
+                     ("macro-F1", "{macro_f1:.3f}"), ("training s", "{train_s:.0f}")]),
+        "",
+        f"Baseline job: {base_s:.0f} s wall, peak memory {base_mb:.0f} MB.",
+        "",
+        "### Targets",
+        "\n".join(f"- {'PASS' if ok else 'FAIL'}: {name}: {value}" for name, ok, value in checks),
+    ])
+    print(section)
+    record(section)
+
+
+if __name__ == "__main__":
+    if "--baseline" in sys.argv:
+        baseline()
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.parse_args()
+        main()
