@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.inference import Classifier
-from conftest import run_cli
+from shapes import run_cli
 import imaging
 from training import export as export_module
 from training.dataset import image_dataset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
-from conftest import ROOT
+from shapes import ROOT
 
 
 def test_requirements_txt_is_the_serving_dependencies():

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_dataset, run_cli
+from shapes import ROOT, make_dataset, run_cli
 from training.backbones import REGISTRY, BackboneError, parse_variant, preprocessing_layers, resolve_weights
 from training.compare import compare
 from training.config import Config, ConfigError, load_config

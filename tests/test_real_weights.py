@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BUTTERFLIES, WEIGHTS
+from shapes import BUTTERFLIES, WEIGHTS
 from training.compare import compare
 from training.config import Config
 

@@ -12,7 +12,7 @@ import time
 
 import keras
 
-from conftest import ROOT, make_dataset
+from shapes import ROOT, make_dataset
 
 ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "5",
         "--fine-tune-epochs", "40", "--run", "resumable"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import ROOT
+from shapes import ROOT
 
 
 def test_slug_stays_under_herokus_soft_limit():
