@@ -37,7 +37,8 @@ from training.head import train_head
 from training.model import bottom, build_classifier, head, top
 
 # Settings that do not change a backbone's result, so a resumed run may differ in them.
-NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files"}
+NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
+                       "frozen_until"}
 COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "params_total", "params_trainable",
            "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms", "best"]
 
@@ -83,8 +84,10 @@ def compare(config: Config) -> list[dict]:
 def backbone_config(config: Config, dataset: Dataset, variant: Variant, weights) -> dict:
     """Everything a backbone's result depends on, saved beside it and checked on resume."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_RESULT_SETTINGS}
+    # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
+    frozen_until = config.frozen_until.get(variant.id, variant.backbone.frozen_until) if weights else None
     return {
-        "backbone": variant.id, "input_size": [variant.size, variant.size],
+        "backbone": variant.id, "input_size": [variant.size, variant.size], "frozen_until": frozen_until,
         "weights": str(weights) if weights else "none", "weights_id": weights_id(weights, config.seed),
         "dataset_fingerprint": dataset.fingerprint(), "classes": dataset.classes, "settings": settings,
     }
@@ -117,8 +120,7 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
         classifier = build_classifier(variant, len(dataset.classes), weights, config.dropout)
 
     # Phase 1 and 2 both train on the cached output of the frozen bottom of the backbone.
-    # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
-    start, frozen_until = time.perf_counter(), variant.backbone.frozen_until if weights else None
+    start, frozen_until = time.perf_counter(), resolved["frozen_until"]
     frozen, key = bottom(classifier, frozen_until), f"{resolved['weights_id']}@{frozen_until}"
     train = training_activations(frozen, config, dataset, variant, key)
     valid = extract(frozen, config, dataset, variant, key, "valid")

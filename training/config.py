@@ -52,9 +52,11 @@ class Config:
 
     # Phase 2: unfreeze the backbone's top blocks with a low learning rate.
     fine_tune: bool = True
-    fine_tune_epochs: int = 10
+    fine_tune_epochs: int = 20
     fine_tune_learning_rate: float = 1e-4
-    fine_tune_patience: int = 3
+    fine_tune_patience: int = 5
+    # Per backbone id, the last layer kept frozen in phase 2 (default: the registry's choice).
+    frozen_until: dict[str, str] = field(default_factory=dict)
 
     mixed_precision: bool = False
     strategy: str = "default"  # or "mirrored": all local GPUs

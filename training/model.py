@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import keras
 
-from training.backbones import Variant, build_base, preprocessing_layers
+from training.backbones import BackboneError, Variant, build_base, preprocessing_layers
 
 
 def build_classifier(variant: Variant, num_classes: int, weights, dropout: float) -> keras.Model:
@@ -36,6 +36,14 @@ def build_classifier(variant: Variant, num_classes: int, weights, dropout: float
     return keras.Model(inputs, outputs, name=f"{variant.id}_classifier")
 
 
+def split_layer(base: keras.Model, name: str) -> keras.Layer:
+    """The backbone layer named `name`, or a message saying it has none (a typo in the config)."""
+    try:
+        return base.get_layer(name)
+    except ValueError:
+        raise BackboneError(f"{base.name} has no layer {name!r} to freeze up to (see frozen_until)") from None
+
+
 def bottom(classifier: keras.Model, frozen_until: str | None) -> keras.Model:
     """Raw pixels -> activations of `frozen_until`: the part that never trains, cached once.
 
@@ -44,7 +52,7 @@ def bottom(classifier: keras.Model, frozen_until: str | None) -> keras.Model:
     x = classifier.get_layer("preprocess")(classifier.input)
     if frozen_until is not None:
         base = classifier.get_layer("backbone")
-        x = keras.Model(base.input, base.get_layer(frozen_until).output, name="bottom")(x, training=False)
+        x = keras.Model(base.input, split_layer(base, frozen_until).output, name="bottom")(x, training=False)
     return keras.Model(classifier.input, x)
 
 
@@ -54,7 +62,7 @@ def top(classifier: keras.Model, frozen_until: str | None, pooled_only: bool = F
     Fitting this model fits the classifier itself: phase 2 trains it on cached activations.
     """
     base = classifier.get_layer("backbone")
-    start = base.input if frozen_until is None else base.get_layer(frozen_until).output
+    start = base.input if frozen_until is None else split_layer(base, frozen_until).output
     blocks = keras.Model(start, base.output, name="top_blocks")
     activations = keras.Input(blocks.input.shape[1:], name="activations")
     x = classifier.get_layer("pool")(blocks(activations, training=False if frozen_until else None))
