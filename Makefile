@@ -32,7 +32,7 @@ slug: setup
 	$(PY) bench/slug.py
 
 bench: setup
-	$(PY) bench/training.py
+	$(PY) bench/train_compare.py
 	$(PY) bench/serving.py
 
 clean:

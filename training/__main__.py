@@ -36,6 +36,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     compare.add_argument("--augment-views", type=int, help="augmented copies of each training image to cache")
     compare.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     compare.add_argument("--no-fine-tune", dest="fine_tune", action="store_false", default=None)
+    compare.add_argument("--extract-engine", choices=["auto", "litert", "keras"],
+                         help="what computes cached features (default auto: LiteRT on a CPU)")
     compare.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
     compare.add_argument("--strategy", choices=["default", "mirrored"], help="mirrored: all local GPUs")
 

@@ -30,15 +30,15 @@ from training.backbones import Variant, parse_variant, resolve_weights
 from training.config import Config
 from training.dataset import image_dataset
 from training.evaluate import latency_ms, metrics, write_confusion, write_curves
-from training.features import extract, training_activations, weights_id
+from training.features import bottom_file, extract, training_features, uses_litert, weights_id
 from training.finetune import fine_tune
 from training.folder import SPLITS, Dataset, scan
 from training.head import train_head
-from training.model import bottom, build_classifier, head, top
+from training.model import bottom, build_classifier, head
 
 # Settings that do not change a backbone's result, so a resumed run may differ in them.
 NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
-                       "frozen_until"}
+                       "frozen_until", "extract_engine"}  # extract_engine: same features to rounding
 COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "params_total", "params_trainable",
            "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms", "best"]
 
@@ -119,11 +119,12 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
     with strategy.scope():
         classifier = build_classifier(variant, len(dataset.classes), weights, config.dropout)
 
-    # Phase 1 and 2 both train on the cached output of the frozen bottom of the backbone.
+    # Phase 1 and 2 both train on the cached outputs of the frozen bottom of the backbone.
     start, frozen_until = time.perf_counter(), resolved["frozen_until"]
     frozen, key = bottom(classifier, frozen_until), f"{resolved['weights_id']}@{frozen_until}"
-    train = training_activations(frozen, config, dataset, variant, key)
-    valid = extract(frozen, config, dataset, variant, key, "valid")
+    litert = bottom_file(config, variant, key) if uses_litert(config, frozen_until) else None
+    train = training_features(frozen, config, dataset, variant, key, litert)
+    valid = extract(frozen, config, dataset, variant, key, "valid", litert=litert)
     extract_s = time.perf_counter() - start
 
     head_weights, timing_path = folder / "head.weights.h5", folder / "timing.json"
@@ -132,10 +133,8 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
         print(f"  phase 1 already done: {head_weights}")
     else:
         start = time.perf_counter()
-        pool = top(classifier, frozen_until, pooled_only=True)
-        pooled = [(pool.predict(x, batch_size=256, verbose=0), y) for x, y in (train, valid)]
         with strategy.scope():
-            history = train_head(classifier, *pooled, config)
+            history = train_head(classifier, (train.pooled, train.labels), (valid.pooled, valid.labels), config)
         write_json(folder / "head_history.json", history)
         with atomic_path(head_weights) as temporary:
             head(classifier).save_weights(temporary)
@@ -147,7 +146,8 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
     finetune_history, start = [], time.perf_counter()
     if config.fine_tune:
         with strategy.scope():
-            finetune_history = fine_tune(classifier, train, valid, config, frozen_until, folder)
+            finetune_history = fine_tune(classifier, (train.activations, train.labels),
+                                         (valid.activations, valid.labels), config, frozen_until, folder)
     timing = read_json(timing_path)
     timing = {**timing, "phase1_s": timing["extract_s"] + timing["head_s"], "phase2_s": time.perf_counter() - start}
 

@@ -7,7 +7,7 @@ class activation maps exact: the dense layer applied at every position of the fe
 a map whose average *is* the class logit.
 
 The views below share the classifier's own layer objects. `bottom` is the frozen part of the backbone
-(its output is cached), `top` the blocks above it plus the head (trained in phase 2 on that
+(its outputs are cached), `top` the blocks above it plus the head (trained in phase 2 on that
 cache), `head` the dense layer alone (phase 1), `with_class_maps` the exported model. Training a
 view trains the classifier; the exported heatmap reads the very weights that classify.
 """
@@ -45,15 +45,18 @@ def split_layer(base: keras.Model, name: str) -> keras.Layer:
 
 
 def bottom(classifier: keras.Model, frozen_until: str | None) -> keras.Model:
-    """Raw pixels -> activations of `frozen_until`: the part that never trains, cached once.
+    """Raw pixels -> what never trains, computed once per image and cached: the activations of
+    `frozen_until` (phase 2's input) and the pooled features of the frozen backbone (phase 1's).
 
-    `frozen_until=None` (training from scratch) freezes nothing: the bottom is preprocessing only.
+    `frozen_until=None` (training from scratch) freezes nothing: the activations are the
+    preprocessed pixels, and the pooled features those of the untrained backbone.
     """
     x = classifier.get_layer("preprocess")(classifier.input)
     if frozen_until is not None:
         base = classifier.get_layer("backbone")
         x = keras.Model(base.input, split_layer(base, frozen_until).output, name="bottom")(x, training=False)
-    return keras.Model(classifier.input, x)
+    pooled = top(classifier, frozen_until, pooled_only=True)(x)
+    return keras.Model(classifier.input, {"activations": x, "pooled": pooled})
 
 
 def top(classifier: keras.Model, frozen_until: str | None, pooled_only: bool = False) -> keras.Model:

@@ -1,6 +1,8 @@
 """Benchmark the training side on butterflies50 and record it in docs/BENCHMARKS.md.
 
-Run: `.venv/bin/python bench/training.py` from the repository root (about 25 minutes on 2 cores).
+Named so as not to shadow the `training` package: a script's own folder comes first on sys.path.
+
+Run: `.venv/bin/python bench/train_compare.py` from the repository root (about 25 minutes on 2 cores).
 
 Three jobs, each in its own process so its peak memory is its own, one after the other:
 1. the full recipe (`compare` with configs/butterflies50.toml: cached features, head, fine-tuning)
@@ -134,7 +136,7 @@ def main() -> None:
         "## Training: butterflies50, full recipe vs the original baseline",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, no GPU, Python "
-        f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/training.py`. Test split: "
+        f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/train_compare.py`. Test split: "
         "250 images (one image = 0.4 points).",
         "",
         "### Full recipe (cached features, head, fine-tuning of the top blocks), cold cache",

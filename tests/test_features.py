@@ -1,0 +1,95 @@
+"""Augmentation and the feature cache: what phase 1 and phase 2 train on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shapes import WEIGHTS, make_dataset
+from training.backbones import parse_variant
+from training.config import Config
+from training.dataset import RandomAffine, augmentation
+from training.features import bottom_file, extract, uses_litert
+from training.folder import scan
+from training.model import bottom, build_classifier
+
+MOBILENET = WEIGHTS / "mobilenet_2_5_224_tf_no_top.h5"
+
+
+def dot_images(count: int = 16, size: int = 64) -> np.ndarray:
+    """Black images with one bright 3x3 dot in the exact centre."""
+    images = np.zeros((count, size, size, 3), dtype="float32")
+    middle = size // 2
+    images[:, middle - 1:middle + 2, middle - 1:middle + 2] = 255
+    return images
+
+
+def centre_of_mass(images: np.ndarray) -> np.ndarray:
+    """(count, 2) brightness-weighted centre (row, column) of each image."""
+    weights = images.sum(axis=-1)
+    rows, columns = np.indices(weights.shape[1:])
+    total = weights.sum(axis=(1, 2))
+    return np.stack([(weights * rows).sum(axis=(1, 2)) / total, (weights * columns).sum(axis=(1, 2)) / total], 1)
+
+
+def test_augmentation_follows_the_config():
+    assert augmentation(Config(data="x", augment=False), seed=1) is None
+    assert [type(layer).__name__ for layer in augmentation(Config(data="x"), seed=1).layers] == ["RandomFlip", "RandomAffine"]
+    flip_only = augmentation(Config(data="x", rotation=0, zoom=0, translation=0), seed=1)
+    assert [type(layer).__name__ for layer in flip_only.layers] == ["RandomFlip"]
+
+
+def test_random_affine_with_zero_factors_is_the_identity():
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(RandomAffine(0, 0, 0, seed=1)(images)), images, atol=1e-3)
+
+
+def test_random_affine_rotates_and_zooms_about_the_centre_and_shifts_within_bounds():
+    images = dot_images()
+    middle = images.shape[1] // 2
+    turned = np.asarray(RandomAffine(rotation=0.1, zoom=0.2, translation=0, seed=1)(images))
+    np.testing.assert_allclose(centre_of_mass(turned), middle, atol=0.5)  # the centre stays put
+    assert not np.allclose(turned, images, atol=1)  # ... while the images did change
+
+    shifted = centre_of_mass(np.asarray(RandomAffine(rotation=0, zoom=0, translation=0.1, seed=1)(images)))
+    offsets = np.abs(shifted - middle)
+    assert offsets.max() <= 0.1 * images.shape[1] + 0.5  # at most 10% of the size
+    assert offsets.max() >= 1  # and really moved
+
+
+def test_random_affine_is_reproducible_from_its_seed():
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    first, second, other = (np.asarray(RandomAffine(0.05, 0.1, 0.1, seed=s)(images)) for s in (7, 7, 8))
+    np.testing.assert_array_equal(first, second)
+    assert not np.allclose(first, other)
+
+
+def test_extraction_engine_choice():
+    config = Config(data="x")
+    assert uses_litert(config, "conv_pw_11_relu")  # this machine has no GPU
+    assert not uses_litert(config, None)  # from scratch: nothing frozen, nothing to convert
+    assert not uses_litert(Config(data="x", extract_engine="keras"), "conv_pw_11_relu")
+    assert not uses_litert(Config(data="x", mixed_precision=True), "conv_pw_11_relu")
+
+
+@pytest.mark.skipif(not MOBILENET.is_file(), reason="needs ../shared/weights (present in CI)")
+def test_litert_and_keras_extract_the_same_features(tmp_path):
+    """The fast CPU path (LiteRT) caches what TensorFlow would compute, to float16 rounding."""
+    dataset = scan(make_dataset(tmp_path / "data", counts=(2, 2, 2)))
+    variant = parse_variant("mobilenet:0.25")
+    classifier = build_classifier(variant, len(dataset.classes), MOBILENET, dropout=0.2)
+    frozen = bottom(classifier, "conv_pw_11_relu")
+    results = {}
+    for engine in ("keras", "litert"):
+        config = Config(data="x", cache_dir=str(tmp_path / engine), extract_engine=engine)
+        litert = bottom_file(config, variant, "key") if uses_litert(config, "conv_pw_11_relu") else None
+        results[engine] = extract(frozen, config, dataset, variant, "key", "valid", litert=litert)
+        assert (litert is not None) == (engine == "litert") and (litert is None or litert.is_file())
+    keras_features, litert_features = results["keras"], results["litert"]
+    assert keras_features.activations.shape == litert_features.activations.shape == (6, 14, 14, 128)
+    assert litert_features.pooled.shape == (6, 256)
+    for name in ("activations", "pooled"):
+        expected, actual = getattr(keras_features, name), getattr(litert_features, name)
+        np.testing.assert_allclose(actual.astype("float32"), expected.astype("float32"),
+                                   atol=0.01 * float(np.abs(expected).max()))
+    np.testing.assert_array_equal(keras_features.labels, litert_features.labels)
