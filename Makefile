@@ -32,6 +32,7 @@ slug: setup
 	$(PY) bench/slug.py
 
 bench: setup
+	$(PY) bench/extraction.py
 	$(PY) bench/train_compare.py
 	$(PY) bench/serving.py
 

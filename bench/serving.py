@@ -46,7 +46,8 @@ from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.sync.client import connect
 
-import slug  # bench/slug.py: this script's folder is first on the import path
+import sections  # bench/sections.py and bench/slug.py: this script's folder is first on sys.path
+import slug
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # for `app` and `imaging`, as app/streamlit_app.py does
@@ -55,9 +56,7 @@ import imaging  # noqa: E402
 from app.inference import CARD_FILE, Classifier, find_models  # noqa: E402
 
 DEPLOY_ROOT = REPO_ROOT / "saved_models" / "deploy"
-TEST_IMAGES = Path("/work/shared/datasets/butterflies50/test")
-BENCHMARKS = REPO_ROOT / "docs" / "BENCHMARKS.md"
-START_MARKER, END_MARKER = "<!-- serving:start -->", "<!-- serving:end -->"
+TEST_IMAGES = REPO_ROOT.parent / "shared" / "datasets" / "butterflies50" / "test"
 
 LATENCY_IMAGES = 50
 WARMUP_RUNS = 5  # the first calls allocate buffers (and, in Keras, trace the graph)
@@ -362,23 +361,6 @@ def render(results: dict, rows: list[tuple[str, str, str, bool | None]], command
     ])
 
 
-def write_section(section: str, path: Path) -> None:
-    """Replace the text between the serving markers in `path`, creating the file or markers if needed.
-
-    Written to a temporary file and renamed over the original, so an interrupted run never leaves
-    a half-written document.
-    """
-    text = path.read_text(encoding="utf-8") if path.exists() else f"# Benchmarks\n\n{START_MARKER}\n{END_MARKER}\n"
-    if START_MARKER not in text or END_MARKER not in text:
-        text = f"{text.rstrip()}\n\n{START_MARKER}\n{END_MARKER}\n"
-    before, rest = text.split(START_MARKER, 1)
-    _, after = rest.split(END_MARKER, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(f"{before}{START_MARKER}\n{section}\n{END_MARKER}{after}", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def measure(model: Path, keras_folder: Path, images: Path) -> dict:
     """Run every measurement, one after the other so that none competes with another for the CPU."""
     began = time.monotonic()
@@ -416,8 +398,8 @@ def main() -> int:
                           "--keras", results["keras_folder"], "--images", str(args.images)])
     section = render(results, rows, command)
     print(section)
-    write_section(section, BENCHMARKS)
-    log(f"written to {relative(BENCHMARKS)}")
+    sections.record("serving", section)
+    log(f"written to {relative(sections.BENCHMARKS)}")
     return 1 if any(passed is False for *_, passed in rows) else 0
 
 

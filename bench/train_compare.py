@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import sections  # bench/sections.py: this script's folder is first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "butterflies50"
 WEIGHTS = ROOT.parent / "shared" / "weights"
@@ -93,20 +95,6 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return head + "\n".join("| " + " | ".join(fmt.format(**row) for _, fmt in columns) + " |" for row in rows)
 
 
-def record(section: str) -> None:
-    """Replace the training section of docs/BENCHMARKS.md, keeping every other section."""
-    path = ROOT / "docs" / "BENCHMARKS.md"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    start, end = "<!-- training:start -->", "<!-- training:end -->"
-    if start not in text:
-        text = text.replace("# Benchmarks\n", f"# Benchmarks\n\n{start}\n{end}\n", 1)
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    temporary = path.with_name(".tmp-BENCHMARKS.md")
-    temporary.write_text(f"{before}{start}\n{section}\n{end}{after}")
-    os.replace(temporary, path)
-
-
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "cache"
@@ -129,8 +117,9 @@ def main() -> None:
         ("best >= 98% test top-1", best >= 0.98, f"{best:.1%}"),
         ("whole comparison (3 backbones, both phases) <= 10 min", cold_s <= 600, f"{cold_s / 60:.1f} min"),
         ("phase 1 alone for the three <= 3 min", phase1 <= 180, f"{phase1 / 60:.1f} min"),
-        ("rerun with the feature cache warm <= 1 min (both phases)", warm_s <= 60,
-         f"{warm_s:.0f} s, of which phase 1 {warm_phase1:.0f} s"),
+        ("rerun with the feature cache warm <= 1 min, whole job (both phases)", warm_s <= 60, f"{warm_s:.0f} s"),
+        ("rerun with the feature cache warm <= 1 min, phase 1 (the part the cache serves)",
+         warm_phase1 <= 60, f"{warm_phase1:.0f} s"),
     ]
     section = "\n".join([
         "## Training: butterflies50, full recipe vs the original baseline",
@@ -157,7 +146,7 @@ def main() -> None:
         "\n".join(f"- {'PASS' if ok else 'FAIL'}: {name}: {value}" for name, ok, value in checks),
     ])
     print(section)
-    record(section)
+    sections.record("training", section)
 
 
 if __name__ == "__main__":
