@@ -18,13 +18,18 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     """A run with VGG16 trained from scratch (both phases) at 32x32 on the shapes dataset.
 
-    VGG16 has no BatchNorm, so it learns this easy task from random weights in a few epochs."""
+    VGG16 has no BatchNorm, so it learns this easy task from random weights in a few epochs.
+    Phase 2 here fine-tunes the whole random network on 36 images, so it takes the smaller batch
+    and rate of training from scratch: at the defaults tuned for ImageNet weights (batch 64,
+    lr 2e-4) one step per epoch swings test top-1 between 0.33 and 1.0 across seeds; at batch 32
+    and 1e-4 nine seeds out of nine reached 1.0."""
     from training.compare import compare
     from training.config import Config
 
     out = tmp_path_factory.mktemp("runs")
     config = Config(data=str(tiny_dataset), run="shapes", output_dir=str(out), cache_dir=str(out / "cache"),
                     backbones=["vgg16"], weights="none", image_size=32,
-                    head_epochs=40, fine_tune_epochs=3)
+                    head_epochs=40, fine_tune_epochs=3,
+                    batch_size=32, fine_tune_learning_rate=1e-4)
     compare(config)
     return out / "shapes"

@@ -78,7 +78,8 @@ def test_resuming_with_other_settings_is_refused(tmp_path, trained_run):
     data = json.loads(before)["config"]["data"]
     result = run([sys.executable, "-m", "training", "compare", "--data", data, "--output-dir", str(trained_run.parent),
                   "--run", "shapes", "--backbones", "vgg16", "--weights", "none", "--image-size", "32",
-                  "--head-epochs", "40", "--fine-tune-epochs", "3", "--seed", "99"])
+                  "--head-epochs", "40", "--fine-tune-epochs", "3", "--batch-size", "32",
+                  "--fine-tune-learning-rate", "1e-4", "--seed", "99"])
     assert result.returncode == 2
     assert "was trained with other settings (weights_id, seed)" in result.stderr and "Traceback" not in result.stderr
     assert (trained_run / "run.json").read_text() == before  # refused before writing anything
