@@ -158,6 +158,9 @@ def test_config_file_and_overrides(tmp_path):
     toml.write_text("data = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(toml, {})
+    toml.write_text('data = "x"\nlabel_smoothing = 1.0\n')
+    with pytest.raises(ConfigError, match="label_smoothing must be at least 0 and below 1"):
+        load_config(toml, {})
     with pytest.raises(ConfigError, match="no dataset given"):
         load_config(None, {})
     result = run_cli("compare", "--config", str(tmp_path / "missing.toml"))

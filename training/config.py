@@ -44,6 +44,10 @@ class Config:
     translation: float = 0.1
     augment_views: int = 1
 
+    # Both phases: the loss's target puts `label_smoothing` of its mass evenly on every class,
+    # which keeps a 50-class head from growing overconfident on a few thousand images.
+    label_smoothing: float = 0.1
+
     # Phase 1: the head (pooling -> dropout -> dense softmax) on cached features.
     dropout: float = 0.2
     head_epochs: int = 60
@@ -73,6 +77,8 @@ class Config:
             raise ConfigError(f"strategy must be 'default' or 'mirrored', not {self.strategy!r}")
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
             raise ConfigError(f"split must be three positive fractions adding to 1, not {self.split}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be at least 0 and below 1, not {self.label_smoothing}")
         if self.augment_views < 0 or self.batch_size < 1:
             raise ConfigError("augment_views must be >= 0 and batch_size >= 1")
 

@@ -27,6 +27,7 @@ import tensorflow as tf
 from training import PROGRESS
 from training.artifacts import atomic_path, read_json, write_json
 from training.config import Config
+from training.head import classification_loss, one_hot
 from training.model import top, unfreeze_top
 
 
@@ -50,7 +51,7 @@ class KeepBestWeights(keras.callbacks.Callback):
 
 
 def batches(data: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int | None = None) -> tf.data.Dataset:
-    """Float32 batches of cached (float16) activations and labels, shuffled if `seed` is given."""
+    """Float32 batches of cached (float16) activations and targets, shuffled if `seed` is given."""
     dataset = tf.data.Dataset.from_tensor_slices(data)
     if seed is not None:
         dataset = dataset.shuffle(len(data[1]), seed=seed, reshuffle_each_iteration=True)
@@ -70,11 +71,11 @@ def fine_tune(
     best_weights, state = folder / "best.weights.h5", folder / "finetune_state.json"
     unfreeze_top(classifier, frozen_until)
     model = top(classifier, frozen_until)
-    train_batches = batches(train, config.batch_size, seed=config.seed)
-    valid_batches = batches(valid, config.batch_size)
+    train_batches = batches((train[0], one_hot(train[1], classifier)), config.batch_size, seed=config.seed)
+    valid_batches = batches((valid[0], one_hot(valid[1], classifier)), config.batch_size)
     model.compile(
         optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss=classification_loss(config),
         metrics=["accuracy"],
     )
     if not state.is_file():  # First start: the phase-1 model is the one to beat.

@@ -3,6 +3,10 @@
 The head model shares its dropout and dense layers with the classifier (see `model.head`), so
 fitting it on pooled features fits the classifier itself; no weights are copied. Early stopping
 on validation loss keeps the best epoch.
+
+Both phases train on one-hot targets with label smoothing (`classification_loss`): Keras'
+sparse cross-entropy has no smoothing, and phase 2 must judge its epochs against the phase-1
+head by the very same validation loss.
 """
 
 from __future__ import annotations
@@ -14,25 +18,35 @@ from training.config import Config
 from training.model import head
 
 
+def classification_loss(config: Config) -> keras.losses.Loss:
+    """Cross-entropy on one-hot targets (see `one_hot`), smoothed by `config.label_smoothing`."""
+    return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+
+
+def one_hot(labels: np.ndarray, classifier: keras.Model) -> np.ndarray:
+    """Class indices as one-hot rows, one column per output of `classifier`."""
+    return keras.utils.to_categorical(labels, classifier.output.shape[-1])
+
+
 def train_head(
     classifier: keras.Model,
     train: tuple[np.ndarray, np.ndarray],
     valid: tuple[np.ndarray, np.ndarray],
     config: Config,
 ) -> dict[str, list[float]]:
-    """Fit the head on (features, labels) pairs; returns the Keras history."""
+    """Fit the head on (features, class index) pairs; returns the Keras history."""
     model = head(classifier)
     model.compile(
         optimizer=keras.optimizers.Adam(config.head_learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss=classification_loss(config),
         metrics=["accuracy"],
     )
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.head_patience, restore_best_weights=True
     )
     history = model.fit(
-        *train,
-        validation_data=valid,
+        train[0], one_hot(train[1], classifier),
+        validation_data=(valid[0], one_hot(valid[1], classifier)),
         epochs=config.head_epochs,
         batch_size=256,  # a linear head on 12k feature vectors: big batches, few steps
         shuffle=True,
