@@ -184,8 +184,11 @@ def test_mixed_precision_and_mirrored_strategy_run_end_to_end(tmp_path):
                      "--mixed-precision", "--strategy", "mirrored")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     folder = tmp_path / "runs" / "data" / "mobilenet_0.25"
-    config = json.loads((folder / "config.json").read_text())["settings"]
+    resolved = json.loads((folder / "config.json").read_text())
+    config = resolved["settings"]
     assert config["mixed_precision"] is True and config["strategy"] == "mirrored"
+    # MobileNet's registry entry doubles the phase-2 learning rate; the rate used is recorded.
+    assert resolved["fine_tune_learning_rate"] == pytest.approx(2 * config["fine_tune_learning_rate"])
     model = keras.models.load_model(folder / "model.keras")
     assert model.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"  # computes in float16
     assert model.output.dtype == "float32"  # while the probabilities stay float32

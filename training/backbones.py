@@ -4,8 +4,9 @@ An entry says how to build the convolutional base (a `keras.applications` constr
 its top), the input size it was trained at, which `preprocess_input` it expects, where its
 ImageNet weights live in Keras' cache, and `frozen_until`: the last layer that stays frozen when
 phase 2 fine-tunes the top blocks. Its output must be the only input of the layers above it (a
-block boundary), because phase 2 caches it and trains the top on the cache. Adding a backbone
-is adding one `Backbone(...)` to `REGISTRY`.
+block boundary), because phase 2 caches it and trains the top on the cache. `learning_rate_scale`
+multiplies the configured phase-2 learning rate for a backbone that wants another one. Adding a
+backbone is adding one `Backbone(...)` to `REGISTRY`.
 
 The preprocessing is rebuilt from standard Keras layers and placed inside the model (see
 `preprocessing_layers`), so a saved model takes raw RGB pixels 0..255 and no caller can forget
@@ -41,6 +42,7 @@ class Backbone:
     frozen_until: str  # last layer kept frozen in phase 2; the blocks above it are fine-tuned
     alphas: tuple[float, ...] = ()  # width multipliers with published weights; () = no alpha
     default_alpha: float | None = None
+    learning_rate_scale: float = 1.0  # times `fine_tune_learning_rate` in phase 2
 
 
 def _mobilenet_file(alpha: float | None, size: int) -> str:
@@ -75,6 +77,9 @@ REGISTRY: dict[str, Backbone] = {
         Backbone(
             "mobilenet", keras.applications.MobileNet, 224, "tf", _mobilenet_file,
             frozen_until="conv_pw_11_relu", alphas=(0.25, 0.5, 0.75, 1.0), default_alpha=1.0,
+            # Twice the rate: on butterflies50 (alpha 0.25, same cached features) validation
+            # loss fell steadily from 1x to 1.5x to 2x, while MobileNetV2's rose above 1x.
+            learning_rate_scale=2.0,
         ),
         Backbone(
             "mobilenetv2", keras.applications.MobileNetV2, 224, "tf", _mobilenet_v2_file,

@@ -88,6 +88,7 @@ def backbone_config(config: Config, dataset: Dataset, variant: Variant, weights)
     frozen_until = config.frozen_until.get(variant.id, variant.backbone.frozen_until) if weights else None
     return {
         "backbone": variant.id, "input_size": [variant.size, variant.size], "frozen_until": frozen_until,
+        "fine_tune_learning_rate": config.fine_tune_learning_rate * variant.backbone.learning_rate_scale,
         "weights": str(weights) if weights else "none", "weights_id": weights_id(weights, config.seed),
         "dataset_fingerprint": dataset.fingerprint(), "classes": dataset.classes, "settings": settings,
     }
@@ -147,7 +148,8 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
     if config.fine_tune:
         with strategy.scope():
             finetune_history = fine_tune(classifier, (train.activations, train.labels),
-                                         (valid.activations, valid.labels), config, frozen_until, folder)
+                                         (valid.activations, valid.labels), config, frozen_until,
+                                         resolved["fine_tune_learning_rate"], folder)
     timing = read_json(timing_path)
     timing = {**timing, "phase1_s": timing["extract_s"] + timing["head_s"], "phase2_s": time.perf_counter() - start}
 

@@ -57,7 +57,9 @@ class Config:
     # Phase 2: unfreeze the backbone's top blocks with a low learning rate.
     fine_tune: bool = True
     fine_tune_epochs: int = 12
-    fine_tune_learning_rate: float = 2e-4  # 1e-4 at batch 32, scaled with the batch
+    # 1e-4 at batch 32, scaled with the batch; a registry entry's learning_rate_scale multiplies it
+    # (MobileNet: 2x), and the rate used is saved in each backbone's config.json.
+    fine_tune_learning_rate: float = 2e-4
     fine_tune_patience: int = 4
     # Per backbone id, the last layer kept frozen in phase 2 (default: the registry's choice).
     frozen_until: dict[str, str] = field(default_factory=dict)

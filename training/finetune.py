@@ -64,17 +64,18 @@ def fine_tune(
     valid: tuple[np.ndarray, np.ndarray],
     config: Config,
     frozen_until: str,
+    learning_rate: float,
     folder: Path,
 ) -> list[dict[str, float]]:
-    """Fine-tune `classifier` in place on cached activations, leaving it with its best weights;
-    returns the per-epoch history."""
+    """Fine-tune `classifier` in place on cached activations at `learning_rate` (the config's,
+    scaled for the backbone), leaving it with its best weights; returns the per-epoch history."""
     best_weights, state = folder / "best.weights.h5", folder / "finetune_state.json"
     unfreeze_top(classifier, frozen_until)
     model = top(classifier, frozen_until)
     train_batches = batches((train[0], one_hot(train[1], classifier)), config.batch_size, seed=config.seed)
     valid_batches = batches((valid[0], one_hot(valid[1], classifier)), config.batch_size)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=classification_loss(config),
         metrics=["accuracy"],
     )
