@@ -2,15 +2,17 @@
 
 Named so as not to shadow the `training` package: a script's own folder comes first on sys.path.
 
-Run: `.venv/bin/python bench/train_compare.py` from the repository root (about 20 to 30 minutes on 2 cores).
+Run: `.venv/bin/python bench/train_compare.py` from the repository root (about 20 minutes on 2 cores).
 
-Three jobs, each in its own process so its peak memory is its own, one after the other:
+Five jobs, each in its own process so its time and peak memory are its own, one after the other:
 1. the full recipe (`compare` with configs/butterflies50.toml: cached features, head, fine-tuning)
    with an empty feature cache, on every backbone that has real ImageNet weights offline;
 2. the same comparison again as a new run with the cache warm;
-3. the same comparison with label smoothing off, on the same cached features: what smoothing
+3. phase 1 alone (`--no-fine-tune`) as a new run on the warm cache: what trying another head
+   costs once the features exist, and what phase 2 adds to accuracy;
+4. the same comparison with label smoothing off, on the same cached features: what smoothing
    is worth, side by side;
-4. the original project's baseline recipe on the same data and weights: inputs rescaled by
+5. the original project's baseline recipe on the same data and weights: inputs rescaled by
    1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
 """
 
@@ -101,10 +103,11 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    for run in ("cold", "warm", "no-smoothing"):
+    for run in ("cold", "warm", "warm-phase1", "no-smoothing"):
         shutil.rmtree(OUT / run, ignore_errors=True)
     cold_s, cold_mb = run_job(compare("cold", cache))
     warm_s, warm_mb = run_job(compare("warm", cache))
+    head_s, _ = run_job(compare("warm-phase1", cache, "--no-fine-tune"))
     run_job(compare("no-smoothing", cache, "--label-smoothing", "0"))
     base_s, base_mb = run_job([__file__, "--baseline"])
 
@@ -114,6 +117,9 @@ def main() -> None:
     plain = {row["backbone"]: row for row in json.loads((OUT / "no-smoothing" / "comparison.json").read_text())}
     smoothing = [{"backbone": r["backbone"], "on": r["top1"], "off": plain[r["backbone"]]["top1"],
                   "gain": 100 * (r["top1"] - plain[r["backbone"]]["top1"])} for r in full]
+    head = {row["backbone"]: row for row in json.loads((OUT / "warm-phase1" / "comparison.json").read_text())}
+    phases = [{"backbone": r["backbone"], "head": head[r["backbone"]]["top1"], "full": r["top1"],
+               "gain": 100 * (r["top1"] - head[r["backbone"]]["top1"])} for r in full]
     phase1 = sum(row["phase1_s"] for row in full)
     warm_phase1 = sum(row["phase1_s"] for row in warm)
     best = max(row["top1"] for row in full)
@@ -124,8 +130,8 @@ def main() -> None:
         ("whole comparison (3 backbones, both phases) <= 10 min", cold_s <= 600, f"{cold_s / 60:.1f} min"),
         ("phase 1 alone for the three <= 3 min", phase1 <= 180, f"{phase1 / 60:.1f} min"),
         ("rerun with the feature cache warm <= 1 min, whole job (both phases)", warm_s <= 60, f"{warm_s:.0f} s"),
-        ("rerun with the feature cache warm <= 1 min, phase 1 (the part the cache serves)",
-         warm_phase1 <= 60, f"{warm_phase1:.0f} s"),
+        ("rerun with the feature cache warm <= 1 min, phase 1 job (`--no-fine-tune`, process start to "
+         "tables written)", head_s <= 60, f"{head_s:.0f} s"),
     ]
     section = "\n".join([
         "## Training: butterflies50, full recipe vs the original baseline",
@@ -140,7 +146,13 @@ def main() -> None:
                      ("CPU ms/image", "{latency_ms:.1f}")]),
         "",
         f"Whole comparison: {cold_s:.0f} s wall, peak memory {cold_mb:.0f} MB. Warm-cache rerun: "
-        f"{warm_s:.0f} s wall (phase 1 {warm_phase1:.0f} s), peak {warm_mb:.0f} MB.",
+        f"{warm_s:.0f} s wall (phase 1 {warm_phase1:.0f} s), peak {warm_mb:.0f} MB; phase 1 alone "
+        f"(`--no-fine-tune`) on the warm cache: {head_s:.0f} s wall. Phase 2 trains the top blocks "
+        "again on every new run: the cache spares it the frozen layers, not the training.",
+        "",
+        "### Phase 1 alone vs both phases, same cached features, same seed",
+        table(phases, [("backbone", "{backbone}"), ("test top-1, phase 1 only", "{head:.1%}"),
+                       ("test top-1, both phases", "{full:.1%}"), ("difference, points", "{gain:+.1f}")]),
         "",
         "### Label smoothing 0.1 (the default) vs off, same cached features, same seed",
         table(smoothing, [("backbone", "{backbone}"), ("test top-1, smoothing 0.1", "{on:.1%}"),
