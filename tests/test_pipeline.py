@@ -159,7 +159,7 @@ def test_config_file_and_overrides(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(toml, {})
     toml.write_text('data = "x"\nlabel_smoothing = 1.0\n')
-    with pytest.raises(ConfigError, match="label_smoothing must be at least 0 and below 1"):
+    with pytest.raises(ConfigError, match=f"{toml}: label_smoothing must be at least 0 and below 1"):
         load_config(toml, {})
     with pytest.raises(ConfigError, match="no dataset given"):
         load_config(None, {})

@@ -108,7 +108,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path or 'options'}: unknown setting(s) {', '.join(unknown)}")
-    config = Config(**values)
+    try:
+        config = Config(**values)
+    except ConfigError as error:  # say where the bad value came from
+        raise ConfigError(f"{path or 'options'}: {error}") from None
     if not config.data:
         raise ConfigError("no dataset given: pass --data DIR or set data in the config file")
     return config
