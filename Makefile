@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 PY := $(VENV)/bin/python
 CONFIG ?= configs/butterflies50.toml
 
-.PHONY: setup run test export serve slug bench clean
+.PHONY: setup run test lint export serve slug bench clean
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 export: setup
 	$(PY) -m training export --run saved_models/butterflies50 --best

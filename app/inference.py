@@ -27,7 +27,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
-from imaging import IMAGE_EXTENSIONS
+from runtime.imaging import IMAGE_EXTENSIONS
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.json"

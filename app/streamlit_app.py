@@ -18,7 +18,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # `streamlit run` puts only this file's folder on the import path. The repository root is
-# needed too: `imaging` (decoding shared with training) and the `app` package live there.
+# needed too: `runtime` (decoding shared with training) and the `app` package live there.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -27,8 +27,8 @@ from PIL import Image  # noqa: E402
 from streamlit.errors import StreamlitSecretNotFoundError  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
-import imaging  # noqa: E402
 from app.inference import Classifier, ModelError, Prediction, find_models, find_samples, heatmap  # noqa: E402
+from runtime import imaging  # noqa: E402
 
 DEFAULT_MODEL_DIR = "saved_models/deploy"
 TOP_K = 5

@@ -24,8 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-
 import sections  # noqa: E402  (bench/sections.py)
+
 from training.backbones import parse_variant, resolve_weights  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.dataset import augmentation, image_dataset  # noqa: E402

@@ -42,18 +42,17 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import sections  # bench/sections.py and bench/slug.py: this script's folder is first on sys.path
+import slug
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.sync.client import connect
 
-import sections  # bench/sections.py and bench/slug.py: this script's folder is first on sys.path
-import slug
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # for `app` and `imaging`, as app/streamlit_app.py does
+sys.path.insert(0, str(REPO_ROOT))  # for `app` and `runtime`, as app/streamlit_app.py does
 
-import imaging  # noqa: E402
 from app.inference import CARD_FILE, Classifier, find_models  # noqa: E402
+from runtime import imaging  # noqa: E402
 
 DEPLOY_ROOT = REPO_ROOT / "saved_models" / "deploy"
 TEST_IMAGES = REPO_ROOT.parent / "shared" / "datasets" / "butterflies50" / "test"
@@ -73,7 +72,7 @@ MIB = 2**20
 KERAS_PROBE = """
 import json, sys, time
 import keras, tensorflow as tf
-import imaging
+from runtime import imaging
 model = keras.models.load_model(sys.argv[1])
 warmup, paths = int(sys.argv[2]), sys.argv[3:]
 images = [imaging.load_pixels(path, tuple(model.input.shape[1:3])) for path in paths]
@@ -95,7 +94,7 @@ started = time.time()
 import json, sys
 from pathlib import Path
 from app.inference import Classifier
-import imaging
+from runtime import imaging
 imported = time.time()
 classifier = Classifier(Path(sys.argv[1]))
 loaded = time.time()
@@ -341,7 +340,7 @@ def render(results: dict, rows: list[tuple[str, str, str, bool | None]], command
         "",
         f"Latency: the same {LATENCY_IMAGES} test images (one per class), already decoded, one at a time after "
         f"{WARMUP_RUNS} warm-up calls; the LiteRT model also returns the class maps for the heatmap, the Keras "
-        "model only the probabilities. Cold start: a fresh `python -c` importing `app.inference` and `imaging`, "
+        "model only the probabilities. Cold start: a fresh `python -c` importing `app.inference` and `runtime.imaging`, "
         "loading the model and classifying one photo, timed from just before it is spawned. Peak RSS: a fresh "
         "process importing `app.streamlit_app` (so Streamlit too) and running its `run_models` and `heatmap` on "
         f"{MEMORY_IMAGES} different test photos. The server is measured {IDLE_SECONDS} s after its health check "
@@ -350,7 +349,7 @@ def render(results: dict, rows: list[tuple[str, str, str, bool | None]], command
         "",
         f"Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), {platform.system()} "
         f"{platform.machine()}. Versions: {', '.join(f'{name} {version}' for name, version in versions.items())}. "
-        f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
         f"the whole run took {results['duration_s']:.0f} s.",
         "",
         "Reproduce from the repository root:",

@@ -28,7 +28,7 @@ BUILD = REPO_ROOT / "build" / "slug"
 TARBALL = REPO_ROOT / "build" / "slug.tar.gz"
 # What the dyno needs besides the installed requirements; the model folder only if exported.
 SLUG_FILES = [
-    "app", "imaging.py", ".streamlit", "Procfile", "setup.sh", "requirements.txt", "runtime.txt", ".python-version",
+    "app", "runtime", ".streamlit", "Procfile", "setup.sh", "requirements.txt", "runtime.txt", ".python-version",
     "saved_models/deploy",
 ]
 SOFT_LIMIT_MB = 300

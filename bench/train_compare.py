@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -73,9 +72,11 @@ def baseline() -> None:
     results = []
     for spec in config.backbones:
         variant = parse_variant(spec)
-        load = lambda split, shuffle: keras.utils.image_dataset_from_directory(  # noqa: E731
-            DATA / split, image_size=(variant.size, variant.size), batch_size=32, shuffle=shuffle, seed=1)
-        train, valid, test = load("train", True), load("valid", False), load("test", False)
+        train, valid, test = (
+            keras.utils.image_dataset_from_directory(
+                DATA / split, image_size=(variant.size, variant.size), batch_size=32, shuffle=shuffle, seed=1)
+            for split, shuffle in (("train", True), ("valid", False), ("test", False))
+        )
         base = build_base(variant, WEIGHTS / variant.weights_file)
         base.trainable = False
         model = keras.Sequential([

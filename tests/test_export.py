@@ -8,10 +8,10 @@ import json
 import keras
 import numpy as np
 import pytest
+from shapes import run_cli
 
 from app.inference import Classifier
-from shapes import run_cli
-import imaging
+from runtime import imaging
 from training import export as export_module
 from training.dataset import image_dataset
 from training.folder import scan

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from shapes import WEIGHTS, make_dataset
+
 from training.backbones import parse_variant
 from training.config import Config
 from training.dataset import RandomAffine, augmentation

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-
 from shapes import make_dataset, run_cli
+
 from training.folder import DataError, scan
 
 

@@ -11,8 +11,8 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-
 from shapes import ROOT, make_dataset, run_cli
+
 from training.backbones import REGISTRY, BackboneError, parse_variant, preprocessing_layers, resolve_weights
 from training.compare import compare
 from training.config import Config, ConfigError, load_config
@@ -51,14 +51,14 @@ def test_reloaded_model_predicts_the_same_in_a_fresh_process(trained_run, tiny_d
     folder = trained_run / "vgg16"
     images = sorted((tiny_dataset / "test").rglob("*.jpg"))[:4]
     script = textwrap.dedent(f"""
-        import json, keras, numpy as np, imaging
+        import json, keras, numpy as np; from runtime import imaging
         model = keras.models.load_model({str(folder / 'model.keras')!r})
         pixels = np.stack([imaging.load_pixels(p, (32, 32)) for p in {list(map(str, images))!r}])
         print(json.dumps(model.predict(pixels.astype('float32'), verbose=0).tolist()))
     """)
     fresh = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
     here = keras.models.load_model(folder / "model.keras")
-    import imaging
+    from runtime import imaging
 
     pixels = np.stack([imaging.load_pixels(p, (32, 32)) for p in images]).astype("float32")
     np.testing.assert_allclose(np.array(json.loads(fresh.stdout.strip().splitlines()[-1])),

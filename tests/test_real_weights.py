@@ -6,8 +6,8 @@ The subset is a folder of symbolic links to the shared dataset (read in place, n
 from __future__ import annotations
 
 import pytest
-
 from shapes import BUTTERFLIES, WEIGHTS
+
 from training.compare import compare
 from training.config import Config
 

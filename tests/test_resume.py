@@ -11,7 +11,6 @@ import sys
 import time
 
 import keras
-
 from shapes import ROOT, make_dataset
 
 ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "5",

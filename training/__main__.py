@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import_tensorflow_quietly()
     # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
-    import imaging
+    from runtime import imaging
     from training.backbones import BackboneError
     from training.compare import RunError
     from training.config import ConfigError

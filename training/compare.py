@@ -32,7 +32,7 @@ from training.dataset import image_dataset
 from training.evaluate import latency_ms, metrics, write_confusion, write_curves
 from training.features import bottom_file, extract, training_features, uses_litert, weights_id
 from training.finetune import fine_tune
-from training.folder import SPLITS, Dataset, scan
+from training.folder import SPLITS, ImageFolder, scan
 from training.head import train_head
 from training.model import bottom, build_classifier, head
 
@@ -81,7 +81,7 @@ def compare(config: Config) -> list[dict]:
     return rows
 
 
-def backbone_config(config: Config, dataset: Dataset, variant: Variant, weights) -> dict:
+def backbone_config(config: Config, dataset: ImageFolder, variant: Variant, weights) -> dict:
     """Everything a backbone's result depends on, saved beside it and checked on resume."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_RESULT_SETTINGS}
     # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
@@ -108,7 +108,7 @@ def check_resumable(folder: Path, resolved: dict) -> None:
                        "use another --run name, or delete that folder to retrain it")
 
 
-def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, resolved: dict, strategy) -> dict:
+def train_backbone(config: Config, dataset: ImageFolder, variant: Variant, weights, resolved: dict, strategy) -> dict:
     """Train, evaluate and save one backbone, resuming from whatever steps are already done."""
     folder = config.run_dir / variant.id
     if (folder / "metrics.json").is_file():
@@ -156,7 +156,7 @@ def train_backbone(config: Config, dataset: Dataset, variant: Variant, weights, 
     return finish_backbone(folder, classifier, dataset, variant, timing, finetune_history)
 
 
-def finish_backbone(folder: Path, classifier: keras.Model, dataset: Dataset, variant: Variant,
+def finish_backbone(folder: Path, classifier: keras.Model, dataset: ImageFolder, variant: Variant,
                     timing: dict, finetune_history: list[dict]) -> dict:
     """Evaluate on the test split, save the model and every result file; metrics.json last."""
     test = image_dataset(dataset.splits["test"], variant.size, batch_size=32)
@@ -223,7 +223,7 @@ def plot_comparison(path: Path, rows: list[dict]) -> None:
     save_figure(path, figure)
 
 
-def plot_dataset(path: Path, dataset: Dataset) -> None:
+def plot_dataset(path: Path, dataset: ImageFolder) -> None:
     """Images per class and split, stacked: shows imbalance at a glance."""
     figure, axes = plt.subplots(figsize=(max(6, 0.25 * len(dataset.classes)), 4))
     bottom = np.zeros(len(dataset.classes))

@@ -7,11 +7,11 @@ so a photo reaches the model as the same pixels in training and in serving. Mode
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
-import imaging
+from runtime import imaging
 from training.config import Config
 from training.folder import Sample
 

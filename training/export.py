@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-import imaging
+from runtime import imaging
 from training.artifacts import atomic_path, read_json, write_json, write_text
 from training.evaluate import metrics
 from training.model import with_class_maps
@@ -102,7 +102,7 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
         "size_bytes": (out / "model.tflite").stat().st_size,
         "source": str(folder),
         "versions": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__},
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     write_json(out / "labels.json", classes)
     write_json(out / "model_card.json", card)

@@ -34,7 +34,7 @@ from training.artifacts import atomic_path
 from training.backbones import Variant
 from training.config import Config
 from training.dataset import augmentation, image_dataset
-from training.folder import Dataset
+from training.folder import ImageFolder
 
 FORMAT = "2"  # bump when what a cache file holds changes, so old files are not misread
 
@@ -59,7 +59,7 @@ def weights_id(weights: str | Path | None, seed: int) -> str:
     return hashlib.md5(Path(weights).read_bytes()).hexdigest()
 
 
-def cache_file(config: Config, dataset: Dataset, variant: Variant, weights_key: str, split: str, view: int) -> Path:
+def cache_file(config: Config, dataset: ImageFolder, variant: Variant, weights_key: str, split: str, view: int) -> Path:
     """The cache file of one split (and augmented view), named by everything its content depends on."""
     parts = [FORMAT, dataset.fingerprint(split), variant.id, str(variant.size), weights_key, split, str(view)]
     if view > 0:
@@ -108,7 +108,7 @@ def run_litert(bottom: keras.Model, path: Path, images: tf.data.Dataset, count: 
 
 
 def extract(
-    bottom: keras.Model, config: Config, dataset: Dataset, variant: Variant,
+    bottom: keras.Model, config: Config, dataset: ImageFolder, variant: Variant,
     weights_key: str, split: str, view: int = 0, litert: Path | None = None,
 ) -> Features:
     """The frozen outputs of one split and view, from the cache or computed and cached.
@@ -136,7 +136,7 @@ def extract(
 
 
 def training_features(
-    bottom: keras.Model, config: Config, dataset: Dataset, variant: Variant, weights_key: str,
+    bottom: keras.Model, config: Config, dataset: ImageFolder, variant: Variant, weights_key: str,
     litert: Path | None = None,
 ) -> Features:
     """The training split's plain features followed by those of its augmented views, stacked."""

@@ -16,9 +16,8 @@ best weights so far and the per-epoch history live in the backbone folder, writt
 from __future__ import annotations
 
 import csv
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,7 +26,7 @@ import tensorflow as tf
 from training import PROGRESS
 from training.artifacts import atomic_path, read_json, write_json
 from training.config import Config
-from training.head import classification_loss, one_hot
+from training.losses import classification_loss, one_hot
 from training.model import top, unfreeze_top
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-import imaging
+from runtime import imaging
 
 SPLITS = ("train", "valid", "test")
 SPLIT_FOLDERS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
@@ -43,7 +43,7 @@ class Sample:
 
 
 @dataclass
-class Dataset:
+class ImageFolder:
     """The usable images of each split, with what the checks found along the way."""
 
     root: Path
@@ -130,7 +130,7 @@ def list_images(folder: Path, ignored: list[str]) -> dict[str, list[Path]]:
     return classes
 
 
-def inspect(path: Path) -> tuple[str, str | None, str]:
+def check_file(path: Path) -> tuple[str, str | None, str]:
     """(md5 of the bytes, error or None, Pillow mode) for one file, decoding it fully."""
     data = path.read_bytes()
     md5 = hashlib.md5(data).hexdigest()
@@ -142,7 +142,7 @@ def inspect(path: Path) -> tuple[str, str | None, str]:
         return md5, None, image.mode
 
 
-def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Dataset:
+def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> ImageFolder:
     """Check every file under `root` and return the usable images of each split."""
     root = Path(root)
     if not root.is_dir():
@@ -163,9 +163,9 @@ def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] =
 
     paths = [p for classes in listed.values() for files in classes.values() for p in files]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = dict(zip(paths, pool.map(inspect, paths)))
+        results = dict(zip(paths, pool.map(check_file, paths)))
 
-    dataset = Dataset(root, all_classes, {}, "splits" if folders else "single folder (split here)", ignored=ignored)
+    dataset = ImageFolder(root, all_classes, {}, "splits" if folders else "single folder (split here)", ignored=ignored)
     by_md5: dict[str, list[tuple[str, Path]]] = defaultdict(list)
     usable: dict[str, list[Sample]] = {}
     for split_name, classes in listed.items():

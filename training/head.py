@@ -4,9 +4,7 @@ The head model shares its dropout and dense layers with the classifier (see `mod
 fitting it on pooled features fits the classifier itself; no weights are copied. Early stopping
 on validation loss keeps the best epoch.
 
-Both phases train on one-hot targets with label smoothing (`classification_loss`): Keras'
-sparse cross-entropy has no smoothing, and phase 2 must judge its epochs against the phase-1
-head by the very same validation loss.
+The loss and its one-hot targets are shared with phase 2 (`training.losses`).
 """
 
 from __future__ import annotations
@@ -15,17 +13,8 @@ import keras
 import numpy as np
 
 from training.config import Config
+from training.losses import classification_loss, one_hot
 from training.model import head
-
-
-def classification_loss(config: Config) -> keras.losses.Loss:
-    """Cross-entropy on one-hot targets (see `one_hot`), smoothed by `config.label_smoothing`."""
-    return keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-
-
-def one_hot(labels: np.ndarray, classifier: keras.Model) -> np.ndarray:
-    """Class indices as one-hot rows, one column per output of `classifier`."""
-    return keras.utils.to_categorical(labels, classifier.output.shape[-1])
 
 
 def train_head(

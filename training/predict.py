@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import imaging
+from runtime import imaging
 from training.artifacts import read_json, write_csv
 
 

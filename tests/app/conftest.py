@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import imaging
 from app.inference import Classifier, find_models
+from runtime import imaging
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longwing"]

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from playwright.sync_api import expect, sync_playwright
-
 from photos import encode, scene
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import rotated_jpeg, upright_portrait
 from PIL import Image
 
-import imaging
 from app.inference import Classifier, ModelError, Prediction, find_models, find_samples, heatmap
-from photos import rotated_jpeg, upright_portrait
+from runtime import imaging
 
 
 @pytest.fixture(scope="module")

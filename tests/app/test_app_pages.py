@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pyarrow
 import pytest
+from photos import jpeg
 from streamlit.testing.v1 import AppTest
 
-import imaging
 from app.inference import Classifier, find_models, find_samples
-from photos import jpeg
+from runtime import imaging
 
 
 def test_without_a_model_the_page_says_how_to_make_one(app: AppTest, tmp_path: Path, monkeypatch) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import mimetypes
 
 import pytest
+from photos import BAD_UPLOADS, GOOD_UPLOADS, jpeg
 from streamlit import config
 from streamlit.testing.v1 import AppTest
-
-from photos import BAD_UPLOADS, GOOD_UPLOADS, jpeg
 
 
 def upload(app: AppTest, name: str, data: bytes) -> AppTest:
