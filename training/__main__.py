@@ -61,6 +61,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     export.add_argument("--best", action="store_true", help="with --run: export the best backbone")
     export.add_argument("--quantize", choices=["float32", "float16", "int8"], default="float32")
     export.add_argument("--out", help="deploy folder (default saved_models/deploy/<backbone>[-<quantize>])")
+
+    stand_in = commands.add_parser("stand-in-weights",
+                                   help="write random weights under Keras' ImageNet file names (tests: accuracy meaningless)")
+    stand_in.add_argument("folder", metavar="DIR", help="where to write them (what --weights-dir then reads)")
+    stand_in.add_argument("--backbones", help="comma-separated, e.g. resnet50,mobilenet:0.25 (default: every backbone)")
+    stand_in.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
     args = parser.parse_args(argv)
     for item in getattr(args, "weights_file", None) or []:
         if "=" not in item:
@@ -120,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
             from training.export import run_export
 
             run_export(args.model, args.run, args.best, args.quantize, args.out)
+        elif args.command == "stand-in-weights":
+            from training.standin import write_all
+
+            specs = [b for b in (args.backbones or "").split(",") if b.strip()]
+            for path in write_all(args.folder, specs or None, args.seed):
+                print(path)
     except (BackboneError, ConfigError, DataError, ExportError, ModelFolderError, RunError,
             imaging.ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
