@@ -22,7 +22,7 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     and rate of training from scratch: at the defaults tuned for ImageNet weights (batch 64,
     lr 2e-4) one step per epoch swings test top-1 between 0.33 and 1.0 across seeds; at batch 32
     and 1e-4 nine seeds out of nine reached 1.0."""
-    from training.compare import compare
+    from training.runner import compare
     from training.config import Config
 
     out = tmp_path_factory.mktemp("runs")

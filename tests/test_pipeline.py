@@ -14,7 +14,7 @@ import pytest
 from shapes import ROOT, make_dataset, run_cli
 
 from training.backbones import REGISTRY, BackboneError, parse_variant, preprocessing_layers, resolve_weights
-from training.compare import compare
+from training.runner import compare
 from training.config import Config, ConfigError, load_config
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from shapes import BUTTERFLIES, WEIGHTS
 
-from training.compare import compare
+from training.runner import compare
 from training.config import Config
 
 CLASSES = 10

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
     from runtime import imaging
     from training.backbones import BackboneError
-    from training.compare import RunError
+    from training.runner import RunError
     from training.config import ConfigError
     from training.export import ExportError
     from training.folder import DataError
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(scan(args.data).report())
         elif args.command == "compare":
-            from training.compare import compare
+            from training.runner import compare
             from training.config import load_config
 
             overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}

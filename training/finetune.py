@@ -10,7 +10,10 @@ model, the phase-1 model is kept.
 
 Resuming: `keras.callbacks.BackupAndRestore` saves the training state after every epoch (two
 copies, in case a kill lands mid-write) and restores it when the same run starts again. The
-best weights so far and the per-epoch history live in the backbone folder, written atomically.
+best weights so far, their loss (`finetune_state.json`) and the per-epoch history live in the
+backbone folder, written atomically. The callbacks that write them run before the backup, so a
+kill between the two repeats that epoch instead of losing its record; and the state says "done"
+before the backup is deleted at the end, so a finished phase is never started over.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from training.model import top, unfreeze_top
 
 
 class KeepBestWeights(keras.callbacks.Callback):
-    """Save the weights whenever validation loss beats the best so far, atomically.
+    """Save the weights whenever validation loss beats the best so far, atomically, and mark
+    the phase done when training ends.
 
     Unlike `ModelCheckpoint`, the write cannot be left half done, and the best loss survives an
     interrupted run because it is stored next to the weights.
@@ -47,6 +51,9 @@ class KeepBestWeights(keras.callbacks.Callback):
             with atomic_path(self.weights_path) as temporary:
                 self.model.save_weights(temporary)
             write_json(self.state_path, {"best_val_loss": float(loss), "best_epoch": epoch + 1})
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        write_json(self.state_path, {**read_json(self.state_path), "done": True})
 
 
 def batches(data: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int | None = None) -> tf.data.Dataset:
@@ -89,19 +96,24 @@ def fine_tune(
             validation_data=valid_batches,
             epochs=config.fine_tune_epochs,
             shuffle=False,  # `batches` already reshuffles every epoch
-            callbacks=[
-                keras.callbacks.BackupAndRestore(str(folder / "backup"), double_checkpoint=True),
+            callbacks=[  # called in this order: the backup last, see the module docstring
                 keras.callbacks.CSVLogger(str(folder / "finetune_log.csv"), append=True),
                 keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.fine_tune_patience),
                 KeepBestWeights(best_weights, state),
+                keras.callbacks.BackupAndRestore(str(folder / "backup"), double_checkpoint=True),
             ],
             verbose=PROGRESS,
         )
-        write_json(state, {**read_json(state), "done": True})
+    restore_best(classifier, frozen_until, folder)
+    return read_history(folder / "finetune_log.csv")
+
+
+def restore_best(classifier: keras.Model, frozen_until: str | None, folder: Path) -> None:
+    """Load the best weights of phase 2 (saved in `folder`) into `classifier`, as it left them."""
+    unfreeze_top(classifier, frozen_until)
     with warnings.catch_warnings():  # the optimizer state saved with the weights is not needed
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        model.load_weights(best_weights)
-    return read_history(folder / "finetune_log.csv")
+        top(classifier, frozen_until).load_weights(folder / "best.weights.h5")
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

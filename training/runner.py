@@ -1,0 +1,281 @@
+"""Stage 8: train every backbone of a run in resumable steps, then write the comparison.
+
+    saved_models/<run>/
+        run.json                      resolved config, dataset report and fingerprint, splits and labels
+        <backbone>/config.json        what this backbone was trained with (`BackboneSettings`)
+        <backbone>/state.json         the steps done so far, with their timings and histories
+        <backbone>/head.weights.h5    phase 1's output
+        <backbone>/best.weights.h5, finetune_*, backup/   phase 2's output and epoch-level state
+        <backbone>/model.keras        the fine-tuned classifier (raw RGB 0..255 in)
+        <backbone>/labels.json        class names in output order
+        <backbone>/metrics.json       test metrics, sizes, times
+        <backbone>/confusion_matrix.{csv,png}, training_curves.png
+        comparison.{md,csv,json,png}, dataset.png   (`training.report`)
+
+Each backbone goes through `STEPS`: cached features, phase 1 (the head), phase 2 (fine-tuning,
+itself resumable epoch by epoch), evaluation. A step writes its outputs first, each file
+atomically, and only then records itself in `state.json` (also atomically). A run killed at any
+instant therefore leaves either a step done, with all its outputs, or a step to do again, and
+running the same command again picks up at the first step not recorded.
+
+A step depends only on the files of the steps before it: the classifier is built from the seed
+(the same initial weights in every process), loads the weights of the steps done, and every step
+starts from its own seed. A resumed run thus computes what an uninterrupted one would.
+
+Test hook: `TRAINING_KILL_AT=before:<step>` or `after:<step>` SIGKILLs the process right before
+or after a step records itself in `state.json` (tests/test_resume.py kills at every boundary).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from training.artifacts import atomic_path, read_json, remove_orphans, write_json
+from training.backbones import Variant, parse_variant, resolve_weights
+from training.config import Config
+from training.dataset import image_dataset
+from training.evaluate import latency_ms, metrics, write_confusion, write_curves
+from training.features import Features, bottom_file, extract, training_features, uses_litert, weights_id
+from training.finetune import fine_tune, restore_best
+from training.folder import SPLITS, ImageFolder, scan
+from training.head import train_head
+from training.model import bottom, build_classifier, head
+from training.report import plot_dataset, write_comparison
+
+# Settings that do not change a backbone's result, so a resumed run may differ in them.
+NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
+                       "frozen_until", "extract_engine"}  # extract_engine: same features to rounding
+STEPS = ("features", "head", "fine_tune", "evaluate")
+TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "evaluate": "evaluation"}
+KILL_AT = "TRAINING_KILL_AT"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be resumed with the given settings."""
+
+
+@dataclass(frozen=True)
+class BackboneSettings:
+    """Everything a backbone's result depends on, saved as its config.json and checked on resume."""
+
+    backbone: str
+    input_size: tuple[int, int]
+    frozen_until: str | None  # None: from scratch, nothing frozen
+    fine_tune_learning_rate: float  # the config's, scaled for the backbone
+    weights: str  # where the starting weights came from; not checked on resume (a file may move)
+    weights_id: str  # what they are: checked
+    dataset_fingerprint: str
+    classes: list[str]
+    settings: dict[str, Any]  # the config, less `NOT_RESULT_SETTINGS`
+
+    @classmethod
+    def resolve(cls, config: Config, dataset: ImageFolder, variant: Variant, weights: Path | None) -> BackboneSettings:
+        # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
+        frozen_until = config.frozen_until.get(variant.id, variant.backbone.frozen_until) if weights else None
+        return cls(
+            backbone=variant.id, input_size=(variant.size, variant.size), frozen_until=frozen_until,
+            fine_tune_learning_rate=config.fine_tune_learning_rate * variant.backbone.learning_rate_scale,
+            weights=str(weights) if weights else "none", weights_id=weights_id(weights, config.seed),
+            dataset_fingerprint=dataset.fingerprint(), classes=dataset.classes,
+            settings={k: v for k, v in config.to_dict().items() if k not in NOT_RESULT_SETTINGS},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As saved in config.json: tuples become lists."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """The names of the settings in which a saved config.json differs from these."""
+        mine = self.to_json()
+        different = [k for k in mine if k not in ("weights", "settings") and saved.get(k) != mine[k]]
+        return different + [k for k, v in mine["settings"].items() if saved.get("settings", {}).get(k) != v]
+
+
+def compare(config: Config) -> list[dict]:
+    """Train each backbone of `config` (resuming where possible) and write the comparison."""
+    variants = [parse_variant(spec, config.image_size) for spec in config.backbones]
+    weights_dir = Path(config.weights_dir) if config.weights_dir else None
+    weights = {  # Resolved up front: a missing weights file stops the run before any training.
+        v.id: resolve_weights(v, config.weights, weights_dir, config.weight_files.get(v.id)) for v in variants
+    }
+    dataset = scan(config.data, config.seed, config.split)
+    print(dataset.report())
+    settings = {v.id: BackboneSettings.resolve(config, dataset, v, weights[v.id]) for v in variants}
+    run_dir = config.run_dir
+    for variant in variants:  # Refuse before writing anything.
+        check_resumable(run_dir / variant.id, settings[variant.id])
+    for folder in (run_dir, Path(config.cache_dir)):
+        remove_orphans(folder)
+    write_run(run_dir, config, dataset)
+    plot_dataset(run_dir / "dataset.png", dataset)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+
+    rows = []
+    for variant in variants:
+        print(f"\n== {variant.id} ({variant.size}x{variant.size}, weights: {weights[variant.id] or 'none'})")
+        rows.append(BackboneRun(config, dataset, variant, weights[variant.id], settings[variant.id], strategy).train())
+    rows = write_comparison(run_dir, rows)
+    print("\n" + (run_dir / "comparison.md").read_text())
+    return rows
+
+
+def check_resumable(folder: Path, settings: BackboneSettings) -> None:
+    """Refuse to mix results made with other settings into this backbone's folder."""
+    saved = folder / "config.json"
+    different = settings.differences(read_json(saved)) if saved.is_file() else []
+    if different:
+        raise RunError(f"{folder} was trained with other settings ({', '.join(different)}); "
+                       "use another --run name, or delete that folder to retrain it")
+
+
+def write_run(run_dir: Path, config: Config, dataset: ImageFolder) -> None:
+    """run.json: the config, the dataset report, and each split's images with their class names."""
+    write_json(run_dir / "run.json", {
+        "config": config.to_dict(), "classes": dataset.classes, "dataset_fingerprint": dataset.fingerprint(),
+        "layout": dataset.layout, "report": dataset.report(),
+        "splits": {s: [str(sample.path) for sample in dataset.splits[s]] for s in SPLITS},
+        "labels": {s: [dataset.classes[sample.label] for sample in dataset.splits[s]] for s in SPLITS},
+    })
+
+
+def kill_point(moment: str) -> None:
+    """The test hook: die here, like a power cut, if `TRAINING_KILL_AT` names this moment."""
+    if os.environ.get(KILL_AT) == moment:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reseed(model: keras.Model, seed: int) -> None:
+    """Seed Keras' global generators and the model's own (dropout's), which keep counting between
+    calls: a step then draws the same numbers whatever ran before it in this process."""
+    keras.utils.set_random_seed(seed)
+    weights = {id(w) for w in model.weights}
+    for variable in model.variables:
+        if id(variable) not in weights:  # a `SeedGenerator` state: (seed, calls so far)
+            variable.assign(np.array([seed, 0], dtype=variable.dtype))
+
+
+class BackboneRun:
+    """One backbone's steps; `state.json` in its folder records those done."""
+
+    def __init__(self, config: Config, dataset: ImageFolder, variant: Variant, weights: Path | None,
+                 settings: BackboneSettings, strategy: tf.distribute.Strategy):
+        self.config, self.dataset, self.variant, self.weights = config, dataset, variant, weights
+        self.settings, self.strategy = settings, strategy
+        self.folder = config.run_dir / variant.id
+        self.state_path = self.folder / "state.json"
+        self.done: dict[str, dict] = read_json(self.state_path)["steps"] if self.state_path.is_file() else {}
+
+    def train(self) -> dict:
+        """Run the steps not done yet; returns the backbone's row of the comparison table."""
+        if "evaluate" in self.done:
+            print(f"  already trained: {self.folder}")
+            return self.done["evaluate"]["summary"]
+        write_json(self.folder / "config.json", self.settings.to_json())
+        for number, step in enumerate(STEPS):
+            if step in self.done:
+                print(f"  {TITLES[step]} already done")
+                continue
+            reseed(self.classifier, self.config.seed + number)
+            start = time.perf_counter()
+            record = getattr(self, f"step_{step}")()  # writes the step's outputs
+            kill_point(f"before:{step}")
+            self.done[step] = {"seconds": time.perf_counter() - start, **record}
+            write_json(self.state_path, {"steps": self.done})
+            kill_point(f"after:{step}")
+        return self.done["evaluate"]["summary"]
+
+    @cached_property
+    def classifier(self) -> keras.Model:
+        """The classifier as the steps done so far left it: built from the seed, then their weights."""
+        keras.utils.set_random_seed(self.config.seed)  # the same initial weights in every process
+        with self.strategy.scope():
+            classifier = build_classifier(self.variant, len(self.dataset.classes), self.weights, self.config.dropout)
+        if "head" in self.done:
+            head(classifier).load_weights(self.folder / "head.weights.h5")
+        if "fine_tune" in self.done and self.config.fine_tune:
+            restore_best(classifier, self.settings.frozen_until, self.folder)
+        return classifier
+
+    @cached_property
+    def frozen_outputs(self) -> tuple[Features, Features]:
+        """The training and validation features of the frozen bottom, from the cache or computed into it."""
+        frozen_until = self.settings.frozen_until
+        frozen, key = bottom(self.classifier, frozen_until), f"{self.settings.weights_id}@{frozen_until}"
+        litert = bottom_file(self.config, self.variant, key) if uses_litert(self.config, frozen_until) else None
+        train = training_features(frozen, self.config, self.dataset, self.variant, key, litert)
+        return train, extract(frozen, self.config, self.dataset, self.variant, key, "valid", litert=litert)
+
+    # The steps: each writes its outputs and returns what `state.json` records beside its time.
+
+    def step_features(self) -> dict:
+        """Compute the features into the cache (a rerun or another run on the data reads them there)."""
+        train, valid = self.frozen_outputs
+        return {"train_features": len(train.labels), "valid_features": len(valid.labels)}  # views included
+
+    def step_head(self) -> dict:
+        """Phase 1: the head on the pooled features; its weights in head.weights.h5."""
+        (train, valid), start = self.frozen_outputs, time.perf_counter()
+        with self.strategy.scope():
+            history = train_head(self.classifier, (train.pooled, train.labels), (valid.pooled, valid.labels), self.config)
+        with atomic_path(self.folder / "head.weights.h5") as temporary:
+            head(self.classifier).save_weights(temporary)
+        best = int(np.argmin(history["val_loss"]))
+        print(f"  phase 1: head trained {len(history['loss'])} epochs, best valid accuracy "
+              f"{history['val_accuracy'][best]:.3f} ({time.perf_counter() - start:.0f} s)")
+        return {"history": history}
+
+    def step_fine_tune(self) -> dict:
+        """Phase 2: the top blocks on the cached activations (see `training.finetune`)."""
+        if not self.config.fine_tune:
+            return {"history": []}
+        train, valid = self.frozen_outputs
+        with self.strategy.scope():
+            history = fine_tune(self.classifier, (train.activations, train.labels), (valid.activations, valid.labels),
+                                self.config, self.settings.frozen_until, self.settings.fine_tune_learning_rate,
+                                self.folder)
+        return {"history": history}
+
+    def step_evaluate(self) -> dict:
+        """Test the classifier, save it and every result file; its table row goes to the state."""
+        classifier, folder, samples = self.classifier, self.folder, self.dataset.splits["test"]
+        test = image_dataset(samples, self.variant.size, batch_size=32)
+        probabilities = classifier.predict(test, verbose=0)
+        labels = np.array([sample.label for sample in samples])
+        scores = metrics(labels, probabilities, self.dataset.classes)
+
+        with atomic_path(folder / "model.keras") as temporary:
+            classifier.save(temporary)
+        write_json(folder / "labels.json", self.dataset.classes)
+        write_confusion(folder, labels, probabilities.argmax(axis=1), self.dataset.classes)
+        write_curves(folder, self.done["head"]["history"], self.done["fine_tune"]["history"])
+
+        seconds = {step: self.done[step]["seconds"] for step in ("features", "head", "fine_tune")}
+        timing = {"extract_s": seconds["features"], "head_s": seconds["head"],
+                  "phase1_s": seconds["features"] + seconds["head"], "phase2_s": seconds["fine_tune"]}
+        summary = {
+            "backbone": self.variant.id,
+            "top1": scores["top1"], "top5": scores["top5"], "macro_f1": scores["macro_f1"],
+            "params_total": int(classifier.count_params()),
+            "params_trainable": int(sum(np.prod(w.shape) for w in classifier.trainable_weights)),
+            "size_mb": (folder / "model.keras").stat().st_size / 1e6,
+            "phase1_s": timing["phase1_s"], "phase2_s": timing["phase2_s"],
+            "train_s": timing["phase1_s"] + timing["phase2_s"],
+            "latency_ms": latency_ms(classifier, next(iter(test))[0].numpy()),
+        }
+        write_json(folder / "metrics.json", {"summary": summary, "test": scores, "timing": timing})
+        print(f"  test top-1 {scores['top1']:.3f}, top-5 {scores['top5']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
+        return {"summary": summary}
