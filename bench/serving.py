@@ -262,10 +262,11 @@ def streamlit_server(model_root: Path) -> dict:
 
 
 def slug_sizes() -> tuple[float, float]:
-    """Compressed and unpacked slug size in MB, from a fresh build by bench/slug.py."""
+    """Compressed and unpacked slug size in MB, built by bench/slug.py from a fresh install."""
     with contextlib.redirect_stdout(sys.stderr):
-        slug.main()
-    return slug.TARBALL.stat().st_size / slug.MB, slug.size_of(slug.BUILD) / slug.MB
+        built = slug.build(fresh=True)
+        slug.report(built)
+    return built.compressed_mb, built.unpacked_mb
 
 
 def cpu_model() -> str:
