@@ -1,14 +1,8 @@
 """Run an exported LiteRT classifier on a photo, and show where it looked.
 
-The training pipeline exports each model as a *model folder*:
-
-- `model.tflite`: one float32 input [1, H, W, 3] of raw RGB values 0..255 (all preprocessing
-  is inside the model) and two outputs, `probabilities` [1, N] and `class_maps` [1, h, w, N],
-  the per-location contribution to each class's logit (a class activation map, CAM).
-- `labels.json`: the N class names, in output order.
-- `model_card.json`: how the model was made and how well it did on the test split.
-
-A *model root* holds model folders: the root itself and/or its direct subfolders.
+The training pipeline exports each model as a *model folder* (`runtime.model_folder` states what
+it holds: model.tflite, labels.json, model_card.json); a *model root* holds model folders, the
+root itself and/or its direct subfolders, and the sample photos.
 
 Only the small LiteRT interpreter is needed to run them, not TensorFlow, so serving fits on a
 512 MB dyno. This module knows nothing about Streamlit: the web app and the tests share it.
@@ -16,26 +10,16 @@ Only the small LiteRT interpreter is needed to run them, not TensorFlow, so serv
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from ai_edge_litert.interpreter import Interpreter
 from PIL import Image
 
+from runtime import model_folder
 from runtime.imaging import IMAGE_EXTENSIONS
-
-MODEL_FILE = "model.tflite"
-LABELS_FILE = "labels.json"
-CARD_FILE = "model_card.json"
-SAMPLES_FOLDER = "samples"
-
-# The model card keys the app reads; the exporter may add more.
-CARD_KEYS = ("backbone", "input_size", "classes", "quantization", "metrics", "litert_metrics")
+from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 
 # A "jet"-like colour map from cold to hot: dark blue, blue, cyan, yellow, red, dark red.
 # 256 entries, so that it can serve as the palette of an 8-bit heat image.
@@ -46,10 +30,6 @@ PALETTE = np.stack(
     [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_COLOUR_STOPS)), channel) for channel in _COLOUR_STOPS.T],
     axis=1,
 ).round().astype(np.uint8)
-
-
-class ModelError(RuntimeError):
-    """A model folder that cannot be served; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -73,97 +53,23 @@ class Prediction:
 class Classifier:
     """A loaded model folder, ready to predict.
 
-    One instance is shared by every visitor: Streamlit serves each browser session from its own
-    thread, and a LiteRT interpreter holds its input and output in shared buffers, so the
-    set-input / invoke / read-output sequence runs under a lock.
+    One instance is shared by every visitor (Streamlit serves each browser session from its own
+    thread); its LiteRT model runs one call at a time.
     """
 
     def __init__(self, folder: Path, num_threads: int = 2) -> None:
+        loaded = model_folder.load(folder, num_threads)
         self.folder = folder
         self.name = folder.name
-        self.labels: list[str] = _read_json(folder / LABELS_FILE, list)
-        self.card: dict[str, Any] = _read_json(folder / CARD_FILE, dict)
-        self._interpreter = _load_interpreter(folder / MODEL_FILE, num_threads)
-        self._input, self._probabilities, self._class_maps = _find_tensors(self._interpreter, folder / MODEL_FILE)
-        self.input_size: tuple[int, int] = tuple(int(n) for n in self._input["shape"][1:3])
-        self._check_consistent()
-        self._lock = threading.Lock()
-
-    def _check_consistent(self) -> None:
-        """Fail at load time, not on the first visitor, when the files disagree with each other."""
-        classes = int(self._probabilities["shape"][-1])
-        problems = []
-        if len(self.labels) != classes:
-            problems.append(f"{LABELS_FILE} has {len(self.labels)} labels but the model has {classes} outputs")
-        if int(self._class_maps["shape"][-1]) != classes:
-            problems.append(f"class_maps has {self._class_maps['shape'][-1]} classes, probabilities {classes}")
-        if missing := [key for key in CARD_KEYS if key not in self.card]:
-            problems.append(f"{CARD_FILE} lacks {', '.join(missing)}")
-        elif list(self.card["classes"]) != self.labels:
-            problems.append(f"the classes in {CARD_FILE} differ from {LABELS_FILE}")
-        elif tuple(self.card["input_size"]) != self.input_size:
-            problems.append(f"{CARD_FILE} says input size {self.card['input_size']}, the model {list(self.input_size)}")
-        if problems:
-            raise ModelError(f"{self.folder}: " + "; ".join(problems))
+        self.labels = loaded.labels
+        self.card = loaded.card
+        self.input_size = loaded.model.input_size
+        self._model = loaded.model
 
     def predict(self, pixels: np.ndarray) -> Prediction:
         """Classify one (H, W, 3) uint8 image, as returned by `imaging.load_pixels`."""
-        if pixels.shape != (*self.input_size, 3):
-            raise ValueError(f"expected pixels of shape {(*self.input_size, 3)}, got {pixels.shape}")
-        batch = pixels[np.newaxis].astype(np.float32)
-        with self._lock:
-            self._interpreter.set_tensor(self._input["index"], batch)
-            self._interpreter.invoke()
-            # get_tensor returns copies, so the results survive the next visitor's invoke().
-            probabilities = self._interpreter.get_tensor(self._probabilities["index"])[0]
-            class_maps = self._interpreter.get_tensor(self._class_maps["index"])[0]
-        return Prediction(self.labels, probabilities, class_maps)
-
-
-def _read_json(path: Path, kind: type) -> Any:
-    """Read a JSON file of the expected kind (list or dict), or say clearly what is wrong with it."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path.parent}: {path.name} is missing") from None
-    except (OSError, ValueError) as error:
-        raise ModelError(f"{path}: cannot be read as JSON ({error})") from None
-    if not isinstance(value, kind):
-        raise ModelError(f"{path}: expected a JSON {kind.__name__}, found a {type(value).__name__}")
-    return value
-
-
-def _load_interpreter(path: Path, num_threads: int) -> Interpreter:
-    """Load and allocate a LiteRT interpreter, turning its terse errors into a ModelError."""
-    if not path.is_file():
-        raise ModelError(f"{path.parent}: {path.name} is missing")
-    try:
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
-    except (RuntimeError, ValueError) as error:
-        raise ModelError(f"{path}: not a loadable LiteRT model ({error})") from None
-    return interpreter
-
-
-def _find_tensors(interpreter: Interpreter, path: Path) -> tuple[dict, dict, dict]:
-    """The input, probabilities and class-maps tensor details of the model.
-
-    The two outputs are told apart by rank (2 and 4): LiteRT names them after internal graph
-    nodes (`StatefulPartitionedCall_1:0`, ...) and does not keep the order they were declared in.
-    """
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
-    ranks = sorted(len(output["shape"]) for output in outputs)
-    if len(inputs) != 1 or ranks != [2, 4]:
-        raise ModelError(
-            f"{path}: expected one input and two outputs of rank 2 (probabilities) and 4 (class maps), "
-            f"found {len(inputs)} input(s) and outputs of rank {ranks}"
-        )
-    (image,) = inputs
-    if len(image["shape"]) != 4 or image["shape"][-1] != 3 or image["dtype"] != np.float32:
-        found = f"{image['dtype'].__name__} {list(image['shape'])}"
-        raise ModelError(f"{path}: expected a float32 [1, H, W, 3] input, found {found}")
-    by_rank = {len(output["shape"]): output for output in outputs}
-    return image, by_rank[2], by_rank[4]
+        outputs = self._model(pixels)
+        return Prediction(self.labels, outputs["probabilities"], outputs["class_maps"])
 
 
 def find_models(root: Path) -> list[Path]:

@@ -27,8 +27,9 @@ from PIL import Image  # noqa: E402
 from streamlit.errors import StreamlitSecretNotFoundError  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
-from app.inference import Classifier, ModelError, Prediction, find_models, find_samples, heatmap  # noqa: E402
+from app.inference import Classifier, Prediction, find_models, find_samples, heatmap  # noqa: E402
 from runtime import imaging  # noqa: E402
+from runtime.litert import ModelError  # noqa: E402
 
 DEFAULT_MODEL_DIR = "saved_models/deploy"
 TOP_K = 5

@@ -1,9 +1,15 @@
 """Export to LiteRT, and train/serve parity: the app's code on the exported file agrees with the
-training data path on the Keras model."""
+training data path on the Keras model.
+
+Exports are the slow part, so the module makes one float32 export (with the `export` command, as a
+user would) and every test reads it; only the quantized variants export again.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,32 +17,57 @@ import pytest
 from shapes import run_cli
 
 from app.inference import Classifier
-from runtime import imaging
+from runtime import imaging, model_folder
+from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 from training import export as export_module
 from training.dataset import image_dataset
 from training.folder import scan
 
 
 @pytest.fixture(scope="module")
-def deploy(trained_run, tmp_path_factory):
+def nested_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The trained run with its test images one folder deeper inside their class folders (a layout
+    the dataset scan accepts): only run.json's labels, not the parent folder, say their class."""
+    run = tmp_path_factory.mktemp("nested") / "shapes"
+    run.mkdir()
+    (run / "vgg16").symlink_to(trained_run / "vgg16", target_is_directory=True)
+    for table in ("comparison.json", "comparison.md"):
+        shutil.copy(trained_run / table, run / table)
+    settings = json.loads((trained_run / "run.json").read_text())
+    nested = []
+    for source in map(Path, settings["splits"]["test"]):
+        target = run.parent / "test" / source.parent.name / "batch 1" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nested.append(str(shutil.copy(source, target)))
+    settings["splits"]["test"] = nested
+    (run / "run.json").write_text(json.dumps(settings))
+    return run
+
+
+@pytest.fixture(scope="module")
+def deploy(nested_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's one float32 export, by the `export` command."""
     out = tmp_path_factory.mktemp("deploy") / "vgg16"
-    export_module.export(trained_run / "vgg16", "float32", out)
+    result = run_cli("export", "--run", str(nested_run), "--best", "--out", str(out))
+    assert result.returncode == 0, result.stderr
     return out
 
 
-def test_export_writes_a_deployable_folder(deploy, trained_run):
-    card = json.loads((deploy / "model_card.json").read_text())
+def test_export_writes_a_deployable_folder(deploy: Path, nested_run: Path) -> None:
+    card = json.loads((deploy / CARD_FILE).read_text())
     assert card["backbone"] == "vgg16" and card["input_size"] == [32, 32] and card["quantization"] == "float32"
-    assert card["classes"] == json.loads((deploy / "labels.json").read_text()) == \
+    assert card["classes"] == json.loads((deploy / LABELS_FILE).read_text()) == \
         ["blue triangle", "green square", "red circle"]
+    # Right only if each test image got its class from run.json, not from its ("batch 1") folder.
     assert card["litert_metrics"]["top1"] == pytest.approx(card["metrics"]["top1"])
-    assert card["dataset_fingerprint"] == json.loads((trained_run / "run.json").read_text())["dataset_fingerprint"]
+    assert card["dataset_fingerprint"] == json.loads((nested_run / "run.json").read_text())["dataset_fingerprint"]
     assert {"python", "tensorflow", "keras"} <= set(card["versions"]) and card["created"]
-    assert len(list((deploy.parent / "samples").glob("*.jpg"))) == 3
+    assert sorted(path.stem for path in (deploy.parent / SAMPLES_FOLDER).glob("*.jpg")) == card["classes"]
     assert (deploy.parent / "comparison.json").is_file()
+    assert model_folder.load(deploy).card == card
 
 
-def test_parity_between_training_path_and_app_path(deploy, trained_run, tiny_dataset):
+def test_parity_between_training_path_and_app_path(deploy: Path, trained_run: Path, tiny_dataset: Path) -> None:
     """The same test images: tf.data + Keras model, versus the app's decoder + exported file."""
     dataset = scan(tiny_dataset)
     model = keras.models.load_model(trained_run / "vgg16" / "model.keras")
@@ -50,7 +81,7 @@ def test_parity_between_training_path_and_app_path(deploy, trained_run, tiny_dat
     np.testing.assert_allclose(serving_side, training_side, atol=1e-3)
 
 
-def test_class_maps_average_to_the_logits(deploy):
+def test_class_maps_average_to_the_logits(deploy: Path) -> None:
     """The head is linear, so the exported heatmap is exact: softmax(mean of maps) = probabilities."""
     classifier = Classifier(deploy)
     pixels = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -61,28 +92,35 @@ def test_class_maps_average_to_the_logits(deploy):
 
 
 @pytest.mark.parametrize("variant", ["float16", "int8"])
-def test_quantized_variants_are_checked_against_the_keras_model(variant, trained_run, tmp_path):
-    out = tmp_path / variant
-    card = export_module.export(trained_run / "vgg16", variant, out)
+def test_quantized_variants_are_checked_against_the_keras_model(
+    variant: str, nested_run: Path, deploy: Path, tmp_path: Path
+) -> None:
+    card = export_module.export(nested_run / "vgg16", variant, tmp_path / variant)
     assert card["quantization"] == variant
     assert card["metrics"]["top1"] - card["litert_metrics"]["top1"] <= export_module.MAX_QUANTIZATION_LOSS
-    float32 = tmp_path / "float32"
-    export_module.export(trained_run / "vgg16", "float32", float32)
-    assert (out / "model.tflite").stat().st_size < 0.6 * (float32 / "model.tflite").stat().st_size
+    assert card["size_bytes"] < 0.6 * (deploy / MODEL_FILE).stat().st_size
 
 
-def test_a_quantized_variant_that_loses_accuracy_is_refused(trained_run, tmp_path, monkeypatch):
+def test_a_quantized_variant_that_loses_accuracy_is_refused(nested_run: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(export_module, "MAX_QUANTIZATION_LOSS", -1.0)  # any variant now "loses too much"
     with pytest.raises(export_module.ExportError, match="int8 export of .* refused: test top-1"):
-        export_module.export(trained_run / "vgg16", "int8", tmp_path / "int8")
-    assert not (tmp_path / "int8" / "model.tflite").exists()
+        export_module.export(nested_run / "vgg16", "int8", tmp_path / "int8")
+    assert not (tmp_path / "int8" / MODEL_FILE).exists()
     assert not list(tmp_path.rglob(".tmp-*"))
 
 
-def test_export_command_picks_the_best_of_a_run(trained_run, tmp_path):
-    result = run_cli("export", "--run", str(trained_run), "--best", "--out", str(tmp_path / "best"))
-    assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "best" / "model_card.json").read_text())["backbone"] == "vgg16"
+def test_a_run_without_labels_is_named(nested_run: Path, tmp_path: Path) -> None:
+    """A run.json from before runs recorded the class of each image says how to get one."""
+    old = tmp_path / "old"
+    shutil.copytree(nested_run, old, symlinks=True)
+    settings = json.loads((old / "run.json").read_text())
+    del settings["labels"]
+    (old / "run.json").write_text(json.dumps(settings))
+    with pytest.raises(export_module.ExportError, match="run.json: no class labels .* run the same `python -m training compare`"):
+        export_module.export(old / "vgg16", "float32", tmp_path / "out")
+
+
+def test_export_command_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli("export", "--run", str(trained_run))
     assert result.returncode == 2 and "--run needs --best" in result.stderr
     result = run_cli("export", "--model", str(tmp_path))

@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     import_tensorflow_quietly()
     # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
     from runtime import imaging
+    from runtime.litert import ModelError
     from training.backbones import BackboneError
     from training.runner import RunError
     from training.config import ConfigError
     from training.export import ExportError
     from training.folder import DataError
-    from training.predict import ModelFolderError
 
     try:
         if args.command == "check-data":
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = [b for b in (args.backbones or "").split(",") if b.strip()]
             for path in write_all(args.folder, specs or None, args.seed):
                 print(path)
-    except (BackboneError, ConfigError, DataError, ExportError, ModelFolderError, RunError,
+    except (BackboneError, ConfigError, DataError, ExportError, ModelError, RunError,
             imaging.ImageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

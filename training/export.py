@@ -1,9 +1,7 @@
 """Stage 9: turn a trained backbone into a deployable LiteRT folder for the web app.
 
-    saved_models/deploy/<backbone>[-<quantization>]/
-        model.tflite      raw RGB 0..255 in; outputs "probabilities" and "class_maps"
-        labels.json       class names in output order
-        model_card.json   backbone, input size, classes, test metrics (Keras and LiteRT), ...
+    saved_models/deploy/<backbone>[-<quantization>]/   a model folder (`runtime.model_folder`):
+        model.tflite, labels.json, model_card.json
     saved_models/deploy/samples/, comparison.{json,md}   for the app's sample picker and table
 
 The exported model is the classifier with its class-activation-map output (`model.with_class_maps`),
@@ -22,13 +20,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
 from runtime import imaging
+from runtime.litert import LiteRTModel, ModelError
+from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, OUTPUTS, SAMPLES_FOLDER, ModelCard
 from training.artifacts import atomic_path, read_json, write_json, write_text
 from training.evaluate import metrics
 from training.model import with_class_maps
-from training.predict import ModelFolderError, load_model_folder
+from training.predict import load_model_folder
 
 MAX_QUANTIZATION_LOSS = 0.01  # top-1, absolute: one point
 SAMPLES = 6  # sample images offered by the app
@@ -46,18 +45,9 @@ class ExportError(ValueError):
 
 
 def litert_probabilities(path: Path, images: list[np.ndarray]) -> np.ndarray:
-    """Run the exported file on each image; return the stacked probabilities."""
-    interpreter = Interpreter(model_path=str(path), num_threads=2)
-    interpreter.allocate_tensors()
-    [pixels] = interpreter.get_input_details()
-    outputs = interpreter.get_output_details()
-    [probabilities] = [o for o in outputs if len(o["shape"]) == 2]
-    rows = []
-    for image in images:
-        interpreter.set_tensor(pixels["index"], image[None].astype("float32"))
-        interpreter.invoke()
-        rows.append(interpreter.get_tensor(probabilities["index"])[0].copy())
-    return np.stack(rows)
+    """The exported file's probabilities for each image, stacked; read by output name, as the app does."""
+    model = LiteRTModel(path, OUTPUTS, num_threads=2)
+    return np.stack([model(image)["probabilities"] for image in images])
 
 
 def best_backbone(run: Path) -> Path:
@@ -71,16 +61,16 @@ def best_backbone(run: Path) -> Path:
 
 def export(folder: Path, quantize: str, out: Path) -> dict:
     """Export the backbone in `folder` to `out`; returns the model card."""
+    run = read_run(folder.parent / "run.json")
+    test_paths, test_names = run["splits"]["test"], run["labels"]["test"]
     model, classes = load_model_folder(folder)
     saved = read_json(folder / "metrics.json")
-    run = read_json(folder.parent / "run.json")
     size = tuple(model.input.shape[1:3])
-    test_paths = run["splits"]["test"]
     images = [imaging.load_pixels(path, size) for path in test_paths]
-    labels = np.array([classes.index(Path(path).parent.name) for path in test_paths])
+    labels = np.array([classes.index(name) for name in test_names])
 
     print(f"exporting {folder} ({quantize}) to {out}")
-    with atomic_path(out / "model.tflite") as temporary:
+    with atomic_path(out / MODEL_FILE) as temporary:
         with_class_maps(model).export(str(temporary), format="litert", verbose=False, **QUANTIZATION[quantize])
         exported = metrics(labels, litert_probabilities(temporary, images), classes)
         loss = saved["test"]["top1"] - exported["top1"]
@@ -90,34 +80,44 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
                 f"{loss:.1%} below the Keras model's {saved['test']['top1']:.1%} (limit "
                 f"{MAX_QUANTIZATION_LOSS:.0%}); use a wider variant, e.g. --quantize float16"
             )
-    card = {
-        "backbone": saved["summary"]["backbone"],
-        "input_size": list(size),
-        "classes": classes,
-        "quantization": quantize,
-        "metrics": {k: saved["test"][k] for k in ("top1", "top5", "macro_f1")},
-        "litert_metrics": {k: exported[k] for k in ("top1", "top5", "macro_f1")},
-        "test_images": len(test_paths),
-        "dataset_fingerprint": run["dataset_fingerprint"],
-        "size_bytes": (out / "model.tflite").stat().st_size,
-        "source": str(folder),
-        "versions": {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__},
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
-    write_json(out / "labels.json", classes)
-    write_json(out / "model_card.json", card)
-    copy_extras(folder, test_paths, out.parent)
+    card = ModelCard(
+        backbone=saved["summary"]["backbone"],
+        input_size=list(size),
+        classes=classes,
+        quantization=quantize,
+        metrics={k: saved["test"][k] for k in ("top1", "top5", "macro_f1")},
+        litert_metrics={k: exported[k] for k in ("top1", "top5", "macro_f1")},
+    ).to_json(
+        test_images=len(test_paths),
+        dataset_fingerprint=run["dataset_fingerprint"],
+        size_bytes=(out / MODEL_FILE).stat().st_size,
+        source=str(folder),
+        versions={"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__},
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    )
+    write_json(out / LABELS_FILE, classes)
+    write_json(out / CARD_FILE, card)
+    copy_extras(folder, test_paths, test_names, out.parent)
     print(f"  test top-1: Keras {saved['test']['top1']:.1%}, LiteRT {exported['top1']:.1%}; "
           f"{card['size_bytes'] / 1e6:.1f} MB")
     return card
 
 
-def copy_extras(folder: Path, test_paths: list[str], root: Path) -> None:
+def read_run(run_file: Path) -> dict:
+    """A run's run.json, which names the images of each split (`splits`) and their classes (`labels`)."""
+    run = read_json(run_file)
+    if "labels" not in run:
+        raise ExportError(f"{run_file}: no class labels of the splits (written by an older version); run the same "
+                          "`python -m training compare` command again: it rewrites run.json and keeps the trained models")
+    return run
+
+
+def copy_extras(folder: Path, test_paths: list[str], test_names: list[str], root: Path) -> None:
     """Give the app its sample images (a few test images, named by class) and the run's table."""
-    by_class = {Path(path).parent.name: Path(path) for path in sorted(test_paths)}
+    by_class = {name: Path(path) for path, name in sorted(zip(test_paths, test_names))}
     names = sorted(by_class)
     for name in names[:: max(1, len(names) // SAMPLES)][:SAMPLES]:
-        target = root / "samples" / f"{name}{by_class[name].suffix.lower()}"
+        target = root / SAMPLES_FOLDER / f"{name}{by_class[name].suffix.lower()}"
         with atomic_path(target) as temporary:
             shutil.copyfile(by_class[name], temporary)
     for table in ("comparison.json", "comparison.md"):
@@ -131,6 +131,6 @@ def run_export(model: str | None, run: str | None, best: bool, quantize: str, ou
         raise ExportError("--run needs --best (or pass --model saved_models/<run>/<backbone>)")
     folder = best_backbone(Path(run)) if run else Path(model)
     if not (folder / "metrics.json").is_file():
-        raise ModelFolderError(f"{folder}: no metrics.json; expected a backbone folder trained by compare")
+        raise ModelError(f"{folder}: no metrics.json; expected a backbone folder trained by compare")
     suffix = "" if quantize == "float32" else f"-{quantize}"
     export(folder, quantize, Path(out) if out else Path("saved_models/deploy") / f"{folder.name}{suffix}")

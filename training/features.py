@@ -27,8 +27,8 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
 
+from runtime.litert import LiteRTModel
 from training import PROGRESS
 from training.artifacts import atomic_path
 from training.backbones import Variant
@@ -89,19 +89,13 @@ def run_litert(bottom: keras.Model, path: Path, images: tf.data.Dataset, count: 
     if not path.is_file():
         with atomic_path(path) as temporary:
             bottom.export(str(temporary), format="litert", verbose=False)
-    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count())
-    interpreter.allocate_tensors()
-    [pixels] = interpreter.get_input_details()
-    # The converter renames outputs; the activations are the 4-d one, the pooled features 2-d.
-    outputs = {"activations" if len(o["shape"]) == 4 else "pooled": o for o in interpreter.get_output_details()}
-    results = {name: np.empty((count, *o["shape"][1:]), dtype="float16") for name, o in outputs.items()}
+    model = LiteRTModel(path, list(bottom.output), num_threads=os.cpu_count())
+    results = {name: np.empty((count, *shape), dtype="float16") for name, shape in model.output_shapes.items()}
     progress, done = keras.utils.Progbar(count, verbose=1 if PROGRESS == "auto" else PROGRESS), 0
     for batch, _ in images.as_numpy_iterator():
         for image in batch:
-            interpreter.set_tensor(pixels["index"], image[None])
-            interpreter.invoke()
-            for name, output in outputs.items():
-                results[name][done] = interpreter.get_tensor(output["index"])[0]
+            for name, output in model(image).items():
+                results[name][done] = output
             done += 1
         progress.update(done)
     return results

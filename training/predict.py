@@ -12,21 +12,19 @@ import keras
 import numpy as np
 
 from runtime import imaging
+from runtime.litert import ModelError
+from runtime.model_folder import LABELS_FILE, read_labels
 from training.artifacts import read_json, write_csv
-
-
-class ModelFolderError(ValueError):
-    """A model folder without what predicting needs."""
 
 
 def load_model_folder(folder: str | Path) -> tuple[keras.Model, list[str]]:
     """The Keras model and class names saved in a backbone folder by `compare`."""
     folder = Path(folder)
-    for name in ("model.keras", "labels.json"):
+    for name in ("model.keras", LABELS_FILE):
         if not (folder / name).is_file():
-            raise ModelFolderError(f"{folder}: no {name} here; expected a folder written by "
-                                   "`python -m training compare`, e.g. saved_models/<run>/<backbone>")
-    return keras.models.load_model(folder / "model.keras"), read_json(folder / "labels.json")
+            raise ModelError(f"{folder}: no {name} here; expected a folder written by "
+                             "`python -m training compare`, e.g. saved_models/<run>/<backbone>")
+    return keras.models.load_model(folder / "model.keras"), read_labels(folder)
 
 
 def image_files(target: Path) -> list[Path]:
@@ -34,7 +32,7 @@ def image_files(target: Path) -> list[Path]:
     if target.is_file():
         return [target]
     if not target.is_dir():
-        raise ModelFolderError(f"{target}: no such file or folder")
+        raise imaging.ImageError(f"{target}: no such file or folder")
     return sorted(p for p in target.rglob("*")
                   if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and not p.name.startswith("."))
 

@@ -1,15 +1,14 @@
 """Fixtures for the app tests: a model root laid out exactly as the exporter lays one out.
 
-`build_model_root` is the one place that makes models. It builds two tiny Keras CNNs with a
-CAM head and exports them with Keras' own LiteRT exporter, so the app is tested against the
-same kind of file the pipeline produces. To test against the real pipeline instead, make it
-call the pipeline's exporter and return that root.
+`build_model_root` is the one place that makes model roots. Its two model folders hold tiny
+Keras CNNs with a CAM head, exported by Keras' own LiteRT exporter (`tiny_models`), so the app is
+tested against the same kind of file the pipeline produces. To test against the real pipeline
+instead, make it call the pipeline's exporter and return that root.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from tiny_models import model_card, write_model_folder
 
 from app.inference import Classifier, find_models
 from runtime import imaging
+from runtime.model_folder import MODEL_FILE, SAMPLES_FOLDER
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longwing"]
-INPUT_SIZE = (32, 32)
 
 # Two models whose cards disagree on accuracy, so that the app's default (best test top-1) is
 # not simply the first folder.
@@ -39,7 +39,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def model_folder(model_root: Path) -> Path:
     """One model folder of the root, found without the app's own `find_models`."""
-    return min(model_root.rglob("model.tflite")).parent
+    return min(model_root.rglob(MODEL_FILE)).parent
 
 
 @pytest.fixture(scope="session")
@@ -69,55 +69,18 @@ def expected_heading() -> Callable[[Classifier, str, bytes], str]:
 
 def build_model_root(root: Path) -> Path:
     """Export the tiny models into `root`, with labels, cards, samples and comparison files."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
     rows = []
     for name, spec in MODELS.items():
-        folder = root / name
-        folder.mkdir()
-        keras.utils.set_random_seed(spec["seed"])
-        tiny_cam_model(len(LABELS)).export(str(folder / "model.tflite"), format="litert", verbose=False)
-        (folder / "labels.json").write_text(json.dumps(LABELS))
-        card = model_card(f"tiny_cnn_{name[-1]}", spec["top1"], keras.__version__)
-        (folder / "model_card.json").write_text(json.dumps(card, indent=2))
+        card = model_card(LABELS, f"tiny_cnn_{name[-1]}", spec["top1"])
+        write_model_folder(root / name, LABELS, card, spec["seed"])
         rows.append({"backbone": card["backbone"], **card["litert_metrics"], "params_total": 1000, "size_mb": 0.01,
                      "latency_ms": 0.1, "best": name == "tiny_b"})
     (root / "comparison.json").write_text(json.dumps(rows, indent=2))
     (root / "comparison.md").write_text(
         "| backbone | top1 |\n| --- | --- |\n" + "".join(f"| {r['backbone']} | {r['top1']} |\n" for r in rows)
     )
-    write_samples(root / "samples")
+    write_samples(root / SAMPLES_FOLDER)
     return root
-
-
-def tiny_cam_model(classes: int):
-    """Rescaling -> Conv2D feature map -> GAP -> Dense logits -> softmax, plus the Dense head
-    applied at every location of the feature map: the class activation maps."""
-    import keras
-
-    inputs = keras.Input((*INPUT_SIZE, 3))
-    features = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
-    head = keras.layers.Dense(classes, name="logits", kernel_initializer=keras.initializers.RandomNormal(stddev=3.0))
-    logits = head(keras.layers.GlobalAveragePooling2D()(features))
-    probabilities = keras.layers.Softmax(name="probabilities")(logits)
-    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": head(features)})
-
-
-def model_card(backbone: str, top1: float, keras_version: str) -> dict:
-    """A model card with every key the contract requires."""
-    metrics = {"top1": top1, "top5": 1.0, "macro_f1": top1 - 0.02}
-    return {
-        "backbone": backbone,
-        "input_size": list(INPUT_SIZE),
-        "classes": LABELS,
-        "quantization": "float32",
-        "metrics": metrics,
-        "litert_metrics": metrics,
-        "dataset_fingerprint": "sha256:0123456789abcdef",
-        "versions": {"keras": keras_version},
-        "created": "2026-01-01",
-    }
 
 
 def write_samples(folder: Path) -> None:

@@ -1,10 +1,11 @@
-"""The serving core without Streamlit: finding, loading and running model folders, and heatmaps."""
+"""The serving core without Streamlit: finding model folders and samples, predicting, and heatmaps.
+
+Loading a folder (its errors) and sharing a model across threads are `runtime`'s: tests/test_runtime.py."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 from photos import rotated_jpeg, upright_portrait
 from PIL import Image
 
-from app.inference import Classifier, ModelError, Prediction, find_models, find_samples, heatmap
+from app.inference import Classifier, Prediction, find_models, find_samples, heatmap
 from runtime import imaging
+from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def copy_model(model_folder: Path, destination: Path) -> Path:
 def test_find_models_lists_the_root_and_its_model_subfolders(model_folder: Path, tmp_path: Path) -> None:
     root = copy_model(model_folder, tmp_path / "deploy")
     second, third = copy_model(model_folder, root / "second"), copy_model(model_folder, root / "third")
-    (root / "samples").mkdir()
+    (root / SAMPLES_FOLDER).mkdir()
     (root / "notes.txt").write_text("not a folder")
     assert find_models(root) == [root.resolve(), second.resolve(), third.resolve()]
 
@@ -45,9 +47,9 @@ def test_find_models_ignores_symlinks_leading_outside_the_root(model_folder: Pat
     (root / "linked_folder").symlink_to(outside, target_is_directory=True)
     linked_file = root / "linked_file"
     linked_file.mkdir()
-    for name in ("labels.json", "model_card.json"):
+    for name in (LABELS_FILE, CARD_FILE):
         shutil.copy(inside / name, linked_file / name)
-    (linked_file / "model.tflite").symlink_to(outside / "model.tflite")
+    (linked_file / MODEL_FILE).symlink_to(outside / MODEL_FILE)
 
     assert find_models(root) == [inside.resolve()]
 
@@ -55,7 +57,7 @@ def test_find_models_ignores_symlinks_leading_outside_the_root(model_folder: Pat
 def test_find_samples_lists_images_inside_the_root_only(tmp_path: Path) -> None:
     outside = tmp_path / "outside.jpg"
     outside.write_bytes(b"")
-    samples = tmp_path / "root" / "samples"
+    samples = tmp_path / "root" / SAMPLES_FOLDER
     samples.mkdir(parents=True)
     for name in ("monarch.jpg", "admiral.PNG", "README.txt"):
         (samples / name).write_bytes(b"")
@@ -64,48 +66,9 @@ def test_find_samples_lists_images_inside_the_root_only(tmp_path: Path) -> None:
 
 
 def test_classifier_reads_the_folder(classifier: Classifier, model_folder: Path) -> None:
-    assert classifier.labels == json.loads((model_folder / "labels.json").read_text())
+    assert classifier.labels == json.loads((model_folder / LABELS_FILE).read_text())
     assert classifier.input_size == tuple(classifier.card["input_size"])
     assert classifier.name == model_folder.name
-
-
-@pytest.mark.parametrize("missing", ["model.tflite", "labels.json", "model_card.json"])
-def test_a_missing_file_is_named(model_folder: Path, tmp_path: Path, missing: str) -> None:
-    folder = copy_model(model_folder, tmp_path / "model")
-    (folder / missing).unlink()
-    with pytest.raises(ModelError, match=f"{missing} is missing"):
-        Classifier(folder)
-
-
-def test_label_count_must_match_the_model(model_folder: Path, tmp_path: Path) -> None:
-    folder = copy_model(model_folder, tmp_path / "model")
-    labels = json.loads((folder / "labels.json").read_text())
-    (folder / "labels.json").write_text(json.dumps(labels[:-1]))
-    with pytest.raises(ModelError, match=f"labels.json has {len(labels) - 1} labels but the model has {len(labels)}"):
-        Classifier(folder)
-
-
-def test_card_must_have_the_contract_keys(model_folder: Path, tmp_path: Path) -> None:
-    folder = copy_model(model_folder, tmp_path / "model")
-    card = json.loads((folder / "model_card.json").read_text())
-    del card["litert_metrics"]
-    (folder / "model_card.json").write_text(json.dumps(card))
-    with pytest.raises(ModelError, match="model_card.json lacks litert_metrics"):
-        Classifier(folder)
-
-
-def test_a_corrupt_model_file_is_a_model_error(model_folder: Path, tmp_path: Path) -> None:
-    folder = copy_model(model_folder, tmp_path / "model")
-    (folder / "model.tflite").write_bytes(b"not a flatbuffer" * 10)
-    with pytest.raises(ModelError, match="not a loadable LiteRT model"):
-        Classifier(folder)
-
-
-def test_invalid_json_is_a_model_error(model_folder: Path, tmp_path: Path) -> None:
-    folder = copy_model(model_folder, tmp_path / "model")
-    (folder / "labels.json").write_text("['admiral',")
-    with pytest.raises(ModelError, match="labels.json: cannot be read as JSON"):
-        Classifier(folder)
 
 
 def test_prediction_follows_the_export_contract(classifier: Classifier) -> None:
@@ -121,38 +84,10 @@ def test_prediction_follows_the_export_contract(classifier: Classifier) -> None:
     np.testing.assert_allclose(softmax, prediction.probabilities, atol=1e-5)
 
 
-def test_prediction_rejects_pixels_of_the_wrong_size(classifier: Classifier) -> None:
-    with pytest.raises(ValueError, match="expected pixels of shape"):
-        classifier.predict(np.zeros((classifier.input_size[0] + 1, classifier.input_size[1], 3), np.uint8))
-
-
 def test_top_k_is_sorted_by_probability() -> None:
     prediction = Prediction(["a", "b", "c", "d"], np.array([0.1, 0.4, 0.2, 0.3]), np.zeros((2, 2, 4)))
     assert prediction.top_k(3) == [("b", 0.4), ("d", 0.3), ("c", 0.2)]
     assert prediction.top_class_map().shape == (2, 2)
-
-
-def test_concurrent_predictions_equal_single_threaded_ones(classifier: Classifier) -> None:
-    images = [noise(classifier.input_size, seed) for seed in range(16)]
-    expected = [classifier.predict(image) for image in images]
-    results: dict[int, list[Prediction]] = {}
-    start = threading.Barrier(len(images))
-
-    def predict_repeatedly(index: int) -> None:
-        start.wait()
-        results[index] = [classifier.predict(images[index]) for _ in range(20)]
-
-    threads = [threading.Thread(target=predict_repeatedly, args=(index,)) for index in range(len(images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert sorted(results) == list(range(len(images)))
-    for index, predictions in results.items():
-        for prediction in predictions:
-            np.testing.assert_array_equal(prediction.probabilities, expected[index].probabilities)
-            np.testing.assert_array_equal(prediction.class_maps, expected[index].class_maps)
 
 
 def test_heatmap_is_hot_where_the_class_map_is_high() -> None:

@@ -1,0 +1,113 @@
+"""The model folder: what `python -m training export` writes and the app serves, stated once.
+
+    <model folder>/
+        model.tflite      one float32 input [1, H, W, 3] of raw RGB values 0..255 (the preprocessing
+                          is inside the model) and two outputs, found by name: `probabilities`
+                          [1, N] and `class_maps` [1, h, w, N], the classifier head applied at every
+                          location of the feature map (class activation maps)
+        labels.json       the N class names, in output order
+        model_card.json   how the model was made and how well it did on the test split (`ModelCard`)
+
+A *model root* holds model folders (the root itself and/or its direct subfolders) and `samples/`,
+photos named after their true class for the app's sample picker.
+
+The exporter builds the card with `ModelCard` and writes the files under these names; the app
+opens a folder with `load`, which refuses files that disagree with each other at load time
+rather than on the first visitor. A training backbone folder (`model.keras` beside labels.json)
+keeps its class names in the same labels file: `read_labels` reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.litert import LiteRTModel, ModelError
+
+MODEL_FILE = "model.tflite"
+LABELS_FILE = "labels.json"
+CARD_FILE = "model_card.json"
+SAMPLES_FOLDER = "samples"
+OUTPUTS = ("probabilities", "class_maps")  # the output names of model.tflite's signature
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The keys of model_card.json that the app relies on (`CARD_KEYS`).
+
+    The exporter writes where the model came from beside them (`to_json(**provenance)`: test
+    images, dataset fingerprint, file size, source folder, versions, date), for people to read.
+    """
+
+    backbone: str  # the backbone's id, e.g. "mobilenetv2_0.35"
+    input_size: list[int]  # [height, width] of the model's input
+    classes: list[str]  # the class names in output order: the same list as labels.json
+    quantization: str  # how the weights are stored: "float32", "float16" or "int8"
+    metrics: dict[str, float]  # top1, top5 and macro_f1 of the Keras model on the test split
+    litert_metrics: dict[str, float]  # the same, measured with this model.tflite on the same images
+
+    def to_json(self, **provenance: Any) -> dict[str, Any]:
+        """The card as model_card.json holds it: one flat object, these keys first."""
+        return {**dataclasses.asdict(self), **provenance}
+
+
+CARD_KEYS = tuple(field.name for field in dataclasses.fields(ModelCard))
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A model folder whose files were read and found to agree with each other."""
+
+    path: Path
+    labels: list[str]
+    card: dict[str, Any]  # all of model_card.json, provenance included
+    model: LiteRTModel
+
+
+def load(folder: Path, num_threads: int | None = 2) -> ModelFolder:
+    """Read a model folder and check it, or raise a ModelError naming the file and the problem."""
+    labels = read_labels(folder)
+    card = read_json(folder / CARD_FILE, dict)
+    model = LiteRTModel(folder / MODEL_FILE, OUTPUTS, num_threads)
+    check_consistent(folder, labels, card, model)
+    return ModelFolder(folder, labels, card, model)
+
+
+def read_labels(folder: Path) -> list[str]:
+    """The class names in output order, of a model folder or of a training backbone folder."""
+    return read_json(folder / LABELS_FILE, list)
+
+
+def read_json(path: Path, kind: type) -> Any:
+    """Read a JSON file of the expected kind (list or dict), or say clearly what is wrong with it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path.parent}: {path.name} is missing") from None
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot be read as JSON ({error})") from None
+    if not isinstance(value, kind):
+        raise ModelError(f"{path}: expected a JSON {kind.__name__}, found a {type(value).__name__}")
+    return value
+
+
+def check_consistent(folder: Path, labels: list[str], card: dict[str, Any], model: LiteRTModel) -> None:
+    """Raise a ModelError listing every way the labels, the card and the model disagree."""
+    probabilities, class_maps = (model.output_shapes[name] for name in OUTPUTS)
+    classes = probabilities[-1]
+    problems = []
+    if len(labels) != classes:
+        problems.append(f"{LABELS_FILE} has {len(labels)} labels but the model has {classes} outputs")
+    if len(class_maps) != 3 or class_maps[-1] != classes:
+        problems.append(f"class_maps has shape {list(class_maps)}, expected [h, w, {classes}]")
+    if missing := [key for key in CARD_KEYS if key not in card]:
+        problems.append(f"{CARD_FILE} lacks {', '.join(missing)}")
+    elif list(card["classes"]) != labels:
+        problems.append(f"the classes in {CARD_FILE} differ from {LABELS_FILE}")
+    elif tuple(card["input_size"]) != model.input_size:
+        problems.append(f"{CARD_FILE} says input size {card['input_size']}, the model {list(model.input_size)}")
+    if problems:
+        raise ModelError(f"{folder}: " + "; ".join(problems))
