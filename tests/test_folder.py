@@ -114,6 +114,21 @@ def test_single_folder_is_split_stratified_and_reproducibly(tmp_path):
     assert len(every) == len(set(every)) == 60
 
 
+def test_a_single_class_stops_the_run(tmp_path):
+    root = make_dataset(tmp_path / "one", counts=(3, 1, 1), classes={"red circle": (220, 40, 40)})
+    with pytest.raises(DataError, match="only one class \\('red circle'\\); a classifier needs at least two"):
+        scan(root)
+
+
+def test_single_folder_too_small_for_its_split_names_the_class(tmp_path):
+    root = make_dataset(tmp_path / "pool", counts=(10, 0, 0)) / "train"
+    (root / "green square" / "9.jpg").unlink()
+    with pytest.raises(DataError, match="'green square' has 9 usable image\\(s\\); at this split each class needs at least 10"):
+        scan(root)
+    found = scan(root, split=(0.5, 0.25, 0.25))  # a wider valid+test share needs only 4 a class
+    assert all(min(found.counts(split)) >= 1 for split in ("train", "valid", "test"))
+
+
 def test_fingerprint_follows_content(dataset):
     before = scan(dataset).fingerprint()
     assert scan(dataset).fingerprint() == before

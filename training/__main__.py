@@ -1,19 +1,25 @@
 """Command line: `python -m training {compare,check-data,predict,export} ...` (see --help).
 
 Every expected problem (bad data, bad settings, missing weights, unreadable images) is reported
-as one line naming the file and what is wrong, with exit status 2, never as a traceback.
+as one line naming the file and what is wrong, with exit status 2, never as a traceback, and
+before any work. `--help`, check-data and the checks of predict's and export's options answer
+without TensorFlow, whose start-up takes seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 EPILOG = "Run the same compare command again after an interruption: it resumes where it stopped."
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and option (also what tests/test_cli_options.py checks its table against)."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0], epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -50,7 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     predict = commands.add_parser("predict", help="top-k classes of an image, or of a folder of images (CSV)")
     predict.add_argument("--model", required=True, help="a backbone folder, e.g. saved_models/<run>/<backbone>")
     predict.add_argument("target", metavar="IMAGE_OR_FOLDER")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=int, help="classes shown per image (default 5, or all when fewer)")
     predict.add_argument("--names", help="JSON file mapping class folder names to display names")
     predict.add_argument("--output", default="predictions.csv", help="CSV written for a folder")
 
@@ -67,6 +73,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     stand_in.add_argument("folder", metavar="DIR", help="where to write them (what --weights-dir then reads)")
     stand_in.add_argument("--backbones", help="comma-separated, e.g. resnet50,mobilenet:0.25 (default: every backbone)")
     stand_in.add_argument("--seed", type=int, default=0, help="the same seed writes the same files")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for item in getattr(args, "weights_file", None) or []:
         if "=" not in item:
@@ -91,16 +102,83 @@ def import_tensorflow_quietly() -> None:
         os.close(devnull)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Refuse, before TensorFlow's slow start-up, paths that predict, export or stand-in-weights
+    cannot use: a folder without what it should hold, a place that cannot be written, ...
+    (compare's settings are checked by `load_config`, which needs the backbone registry)."""
+    from training.config import ConfigError, check_writable
+
+    if args.command == "predict":
+        model_file(args.model, "model.keras", "--model")
+        classes = read_json_option(model_file(args.model, "labels.json", "--model"), "--model")
+        if args.top_k is None:
+            args.top_k = min(5, len(classes))
+        if not 1 <= args.top_k <= len(classes):
+            raise ConfigError(f"--top-k must be from 1 to the model's {len(classes)} classes, not {args.top_k}")
+        if args.names:
+            names = read_json_option(args.names, "--names")
+            if not isinstance(names, dict) or not all(isinstance(v, str) for v in names.values()):
+                raise ConfigError(f"--names {args.names}: expected a JSON object mapping class folder names to display names")
+        if not Path(args.target).exists():
+            raise ConfigError(f"{args.target}: no such image or folder")
+        if Path(args.target).is_dir():
+            check_writable(args.output, "--output", file=True)
+    elif args.command == "export":
+        if args.run and not args.best:
+            raise ConfigError("--run needs --best (or pass --model saved_models/<run>/<backbone>)")
+        if args.best and not args.run:
+            raise ConfigError("--best goes with --run: --model already names one backbone")
+        if args.run:
+            model_file(args.run, "comparison.json", "--run")
+        else:
+            for name in ("metrics.json", "model.keras", "labels.json", "../run.json"):
+                model_file(args.model, name, "--model")
+        check_writable(args.out or "saved_models/deploy", "--out")
+    elif args.command == "stand-in-weights":
+        check_writable(args.folder, "DIR")
+
+
+def model_file(folder: str, name: str, option: str) -> Path:
+    """`folder/name`, which a folder written by `compare` holds, or the error saying so."""
+    from training.config import ConfigError
+
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ConfigError(f"{option} {folder}: no {name} here; expected a folder written by "
+                          "`python -m training compare`, e.g. saved_models/<run>/<backbone>")
+    return path
+
+
+def read_json_option(path: str | Path, option: str) -> Any:
+    from training.config import ConfigError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{option}: cannot read {path} ({error.strerror})") from None
+    except ValueError as error:
+        raise ConfigError(f"{option}: {path} is not valid JSON ({error})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    import_tensorflow_quietly()
-    # Imported here so that `--help` and argument errors answer at once, without TensorFlow.
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def fail(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check first, without TensorFlow, then import it and work; 0, or 2 after one error line."""
+    # Imported here so that `--help`, check-data and argument errors answer at once.
     from runtime import imaging
-    from runtime.litert import ModelError
-    from training.backbones import BackboneError
-    from training.runner import RunError
     from training.config import ConfigError
-    from training.export import ExportError
     from training.folder import DataError
 
     try:
@@ -108,11 +186,23 @@ def main(argv: list[str] | None = None) -> int:
             from training.folder import scan
 
             print(scan(args.data).report())
-        elif args.command == "compare":
-            from training.runner import compare
-            from training.config import load_config
+            return 0
+        check_options(args)
+    except (ConfigError, DataError, imaging.ImageError) as error:
+        return fail(error)
 
-            overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    import_tensorflow_quietly()
+    from runtime.litert import ModelError
+    from training.backbones import BackboneError
+    from training.export import ExportError
+    from training.runner import RunError
+
+    try:
+        if args.command == "compare":
+            from training.config import load_config
+            from training.runner import compare
+
+            overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "weights_file")}
             if args.backbones:
                 overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
             if args.weights_file:
@@ -134,11 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
     except (BackboneError, ConfigError, DataError, ExportError, ModelError, RunError,
             imaging.ImageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
+        return fail(error)
     return 0
 
 

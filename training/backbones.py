@@ -43,6 +43,7 @@ class Backbone:
     alphas: tuple[float, ...] = ()  # width multipliers with published weights; () = no alpha
     default_alpha: float | None = None
     learning_rate_scale: float = 1.0  # times `fine_tune_learning_rate` in phase 2
+    min_size: int = 32  # the smallest input `keras.applications` builds it for
 
 
 def _mobilenet_file(alpha: float | None, size: int) -> str:
@@ -72,7 +73,7 @@ REGISTRY: dict[str, Backbone] = {
         Backbone(
             "inceptionv3", keras.applications.InceptionV3, 299, "tf",
             lambda alpha, size: "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-            frozen_until="mixed8",
+            frozen_until="mixed8", min_size=75,
         ),
         Backbone(
             "mobilenet", keras.applications.MobileNet, 224, "tf", _mobilenet_file,
@@ -120,7 +121,8 @@ class Variant:
 
 
 def parse_variant(spec: str, image_size: int | None = None) -> Variant:
-    """Parse `name` or `name:alpha` (e.g. `mobilenet:0.25`) into a registry variant."""
+    """Parse `name` or `name:alpha` (e.g. `mobilenet:0.25`) into a registry variant at
+    `image_size` (default: the backbone's own), refusing a size Keras cannot build it for."""
     name, _, alpha_text = spec.strip().lower().partition(":")
     if name not in REGISTRY:
         raise BackboneError(f"unknown backbone {name!r}; known: {', '.join(REGISTRY)}")
@@ -135,7 +137,11 @@ def parse_variant(spec: str, image_size: int | None = None) -> Variant:
             raise BackboneError(f"bad alpha in {spec!r}: expected a number") from None
         if alpha not in backbone.alphas:
             raise BackboneError(f"{name} alpha must be one of {backbone.alphas}, got {alpha:g}")
-    return Variant(backbone, alpha, image_size or backbone.input_size)
+    size = backbone.input_size if image_size is None else image_size
+    if size < backbone.min_size:
+        raise BackboneError(f"{name} needs images of at least {backbone.min_size}x{backbone.min_size} "
+                            f"(image size {size} asked)")
+    return Variant(backbone, alpha, size)
 
 
 def preprocessing_layers(mode: str) -> keras.Sequential:

@@ -7,7 +7,12 @@ how it was made, and a rerun of the same command can tell whether it may resume.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import tomllib
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +20,32 @@ from typing import Any
 
 class ConfigError(ValueError):
     """A configuration file or option that cannot be used; the message says which and why."""
+
+    def __init__(self, message: str, setting: str | None = None):
+        super().__init__(message)
+        self.setting = setting  # the setting at fault, so that `load_config` can say where it came from
+
+
+# What each numeric setting must be: a test, and how the message says it. Checked before any
+# work, because a negative epoch count or a zero learning rate would otherwise fail deep inside
+# Keras with a traceback, or train a model that means nothing.
+RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "seed": (lambda v: 0 <= v < 2**32, "from 0 to 2**32 - 1"),
+    "batch_size": (lambda v: v >= 1, "at least 1"),
+    "augment_views": (lambda v: v >= 0, "at least 0"),
+    "rotation": (lambda v: 0 <= v <= 0.5, "from 0 to 0.5 (a fraction of a full turn)"),
+    "zoom": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "translation": (lambda v: 0 <= v <= 1, "from 0 to 1 (a fraction of the image's size)"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
+    "head_epochs": (lambda v: v >= 1, "at least 1"),
+    "head_learning_rate": (lambda v: v > 0, "above 0"),
+    "head_patience": (lambda v: v >= 0, "at least 0"),
+    "fine_tune_epochs": (lambda v: v >= 1, "at least 1 (--no-fine-tune skips phase 2)"),
+    "fine_tune_learning_rate": (lambda v: v > 0, "above 0"),
+    "fine_tune_patience": (lambda v: v >= 0, "at least 0"),
+}
+CHOICES = {"extract_engine": ("auto", "litert", "keras"), "strategy": ("default", "mirrored")}
 
 
 @dataclass
@@ -72,17 +103,19 @@ class Config:
     strategy: str = "default"  # or "mirrored": all local GPUs
 
     def __post_init__(self) -> None:
+        check_types(self)
         self.split = tuple(self.split)  # TOML and JSON give lists
-        if self.extract_engine not in ("auto", "litert", "keras"):
-            raise ConfigError(f"extract_engine must be 'auto', 'litert' or 'keras', not {self.extract_engine!r}")
-        if self.strategy not in ("default", "mirrored"):
-            raise ConfigError(f"strategy must be 'default' or 'mirrored', not {self.strategy!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}",
+                                  name)
         if len(self.split) != 3 or abs(sum(self.split) - 1) > 1e-6 or min(self.split) <= 0:
-            raise ConfigError(f"split must be three positive fractions adding to 1, not {self.split}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be at least 0 and below 1, not {self.label_smoothing}")
-        if self.augment_views < 0 or self.batch_size < 1:
-            raise ConfigError("augment_views must be >= 0 and batch_size >= 1")
+            raise ConfigError(f"split must be three positive fractions adding to 1, not {self.split}", "split")
+        for name, (accept, allowed) in RANGES.items():
+            if not accept(getattr(self, name)):
+                raise ConfigError(f"{name} must be {allowed}, not {getattr(self, name)!r}", name)
+        if not self.backbones:
+            raise ConfigError("backbones is empty: name at least one, e.g. mobilenet:0.25", "backbones")
 
     @property
     def run_dir(self) -> Path:
@@ -92,8 +125,93 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def check_types(config: Config) -> None:
+    """Refuse a setting of the wrong type (a TOML string where a number belongs, say) by name,
+    before it surfaces as a `TypeError` deep in training."""
+    for name, hint in typing.get_type_hints(Config).items():
+        value = getattr(config, name)
+        if not fits(value, hint):
+            raise ConfigError(f"{name} must be {describe(hint)}, not {value!r}", name)
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the annotated type `hint` (ints pass as floats, bools as neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType:
+        return any(fits(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(fits(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(fits(k, args[0]) and fits(v, args[1]) for k, v in value.items())
+    if origin is tuple:
+        return isinstance(value, list | tuple) and len(value) == len(args) and all(map(fits, value, args))
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+def describe(hint: Any) -> str:
+    """`hint` in words, as a TOML user would write the value."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is types.UnionType:
+        return " or ".join(describe(arg) for arg in args)
+    if origin in (list, dict):
+        return f"a {'list' if origin is list else 'table'} of {describe(args[-1]).removeprefix('a ')}s"
+    if origin is tuple:
+        return f"a list of {len(args)} {describe(args[0]).removeprefix('a ')}s"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "unset"}[hint]
+
+
+def check_writable(path: str | Path, setting: str, file: bool = False) -> None:
+    """Refuse, before any work, a place that results cannot be written to: a folder (or, with
+    `file`, a file's folder) that is or lies under an existing file, or that this process may
+    not write in. Nothing is created here; the writers make the folders when they need them."""
+    full = Path(path).expanduser().absolute()
+    if file and full.is_dir():
+        raise ConfigError(f"{setting} {path}: is a folder; expected a file name", setting)
+    folder = full.parent if file else full
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{setting} {path}: {existing} is a file, not a folder", setting)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting} {path}: cannot write in {existing} (permission denied)", setting)
+
+
+def check_backbones(config: Config) -> None:
+    """Check every backbone spec (name, alpha, image size) against the registry, and key the
+    per-backbone settings by variant id, the form the run looks them up by: `mobilenet:0.25`
+    and `mobilenet_0.25` both become `mobilenet_0.25`. A key that names no backbone of the run
+    is refused: its file or layer would silently go unused."""
+    from training.backbones import BackboneError, parse_variant  # Keras: only once a run is configured
+
+    try:
+        ids = [parse_variant(spec, config.image_size).id for spec in config.backbones]
+    except BackboneError as error:
+        raise ConfigError(str(error), "backbones") from None
+    twice = sorted({id_ for id_ in ids if ids.count(id_) > 1})
+    if twice:
+        raise ConfigError(f"backbones names {', '.join(twice)} more than once", "backbones")
+    for setting in ("weight_files", "frozen_until"):
+        keyed = {}
+        for key, value in getattr(config, setting).items():
+            try:
+                id_ = key if key in ids else parse_variant(key).id
+            except BackboneError as error:
+                raise ConfigError(f"{setting} {key!r}: {error}", setting) from None
+            if id_ not in ids:
+                raise ConfigError(f"{setting} {key!r}: {id_} is not one of this run's backbones ({', '.join(ids)})", setting)
+            keyed[id_] = value
+        setattr(config, setting, keyed)
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `overrides` that are not None."""
+    """Defaults, then the TOML file at `path` (if any), then `overrides` that are not None.
+
+    Every setting is checked here, before any work: types and ranges, backbones, and the
+    places results go. An error names the setting and where it came from (the file or "options").
+    """
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -103,15 +221,23 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
             raise ConfigError(f"{path}: cannot read the config file ({error.strerror})") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    values.update({key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    values.update(given)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path or 'options'}: unknown setting(s) {', '.join(unknown)}")
     try:
         config = Config(**values)
+        check_backbones(config)
+        for setting in ("output_dir", "cache_dir"):
+            check_writable(getattr(config, setting), setting)
+        check_writable(config.run_dir, "run")
+        if config.weights_dir and not Path(config.weights_dir).is_dir():
+            raise ConfigError(f"weights_dir {config.weights_dir}: no such folder", "weights_dir")
     except ConfigError as error:  # say where the bad value came from
-        raise ConfigError(f"{path or 'options'}: {error}") from None
+        where = "options" if path is None or error.setting in given else path
+        raise ConfigError(f"{where}: {error}", error.setting) from None
     if not config.data:
         raise ConfigError("no dataset given: pass --data DIR or set data in the config file")
     return config

@@ -9,13 +9,15 @@ Two layouts are accepted:
 Every image is opened with `imaging`, the decoder the models are trained and served with, so a
 file that passes here is a file training can read. Problems are sorted by what they cost:
 undecodable files are skipped and named, non-RGB images are converted and counted, hidden and
-non-image files are ignored, duplicates across splits are warned about (leakage), and classes
-that are empty or differ between splits stop the run (`DataError`).
+non-image files are ignored, duplicates across splits are warned about (leakage), and fewer than
+two classes, classes that are empty or differ between splits, or a single folder too small for
+its split (every class must reach train, valid and test) stop the run (`DataError`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from runtime import imaging
 
@@ -155,6 +156,8 @@ def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] =
     all_classes = sorted(set().union(*names.values()))
     if not all_classes:
         raise DataError(f"{root}: no class folders found (expected one folder of images per class)")
+    if len(all_classes) < 2:
+        raise DataError(f"{root}: only one class ({all_classes[0]!r}); a classifier needs at least two class folders")
     for split_name, present in names.items():
         if present != set(all_classes):
             missing = sorted(set(all_classes) - present)
@@ -186,13 +189,7 @@ def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] =
                 where = folders[split_name] / class_name if folders else root / class_name
                 raise DataError(f"{where}: class {class_name!r} has no usable images")
 
-    dataset.splits = usable if folders else stratified_split(usable["all"], seed, split)
-    if not folders:
-        for class_index, name in enumerate(all_classes):
-            for split_name in SPLITS:
-                if not any(s.label == class_index for s in dataset.splits[split_name]):
-                    raise DataError(f"{root / name}: class {name!r} has too few images to split "
-                                    f"into train/valid/test")
+    dataset.splits = usable if folders else split_pool(root, all_classes, usable["all"], seed, split)
     dataset.duplicates = [
         [str(path) for _, path in copies]
         for copies in by_md5.values()
@@ -201,15 +198,39 @@ def scan(root: str | Path, seed: int = 1337, split: tuple[float, float, float] =
     return dataset
 
 
+def split_pool(root: Path, classes: list[str], samples: list[Sample], seed: int,
+               fractions: tuple[float, float, float]) -> dict[str, list[Sample]]:
+    """The stratified split of a single folder, refused unless every class lands in every split:
+    a class missing from valid or test would be trained on but never measured."""
+    where = f"{root}: split {'/'.join(f'{f:g}' for f in fractions)} into train/valid/test"
+    # Stratifying puts a class's share of valid+test aside first, then splits that share again:
+    # it takes two images there, one each for valid and test.
+    needed = max(len(SPLITS), math.ceil(round(2 / (fractions[1] + fractions[2]), 6)))
+    counts = Counter(sample.label for sample in samples)
+    for index, name in enumerate(classes):
+        if counts[index] < needed:
+            raise DataError(f"{where}: class {name!r} has {counts[index]} usable image(s); at this split each "
+                            f"class needs at least {needed}, to give valid and test one each")
+    try:
+        splits = stratified_split(samples, seed, fractions)
+    except ValueError as error:  # scikit-learn's reason, e.g. fewer test images than classes
+        raise DataError(f"{where} impossible: {error}") from None
+    for index, name in enumerate(classes):
+        missing = [split for split in SPLITS if not any(s.label == index for s in splits[split])]
+        if missing:
+            raise DataError(f"{where}: class {name!r} has too few images ({counts[index]}) to appear in "
+                            f"{' and '.join(missing)}; add images or change split")
+    return splits
+
+
 def stratified_split(samples: list[Sample], seed: int, fractions: tuple[float, float, float]) -> dict[str, list[Sample]]:
     """Split one pool of samples into train/valid/test with each class in the same proportions."""
+    # Imported here: it brings SciPy, over a second to start, which only this layout needs.
+    from sklearn.model_selection import train_test_split
+
     labels = [sample.label for sample in samples]
-    try:
-        train, rest = train_test_split(samples, train_size=fractions[0], stratify=labels, random_state=seed)
-        valid, test = train_test_split(
-            rest, train_size=fractions[1] / (fractions[1] + fractions[2]),
-            stratify=[s.label for s in rest], random_state=seed,
-        )
-    except ValueError as error:
-        raise DataError(f"cannot make a stratified split: {error}") from None
+    train, rest = train_test_split(samples, train_size=fractions[0], stratify=labels, random_state=seed)
+    valid, test = train_test_split(
+        rest, train_size=fractions[1] / (fractions[1] + fractions[2]), stratify=[s.label for s in rest], random_state=seed,
+    )
     return {name: sorted(part, key=lambda s: str(s.path)) for name, part in zip(SPLITS, (train, valid, test))}
