@@ -119,6 +119,11 @@ def test_backbone_specs_are_checked():
         parse_variant("mobilenet:0.3")
     with pytest.raises(BackboneError, match="takes no alpha"):
         parse_variant("vgg16:0.5")
+    assert parse_variant("inceptionv3", 75).size == 75
+    with pytest.raises(BackboneError, match="inceptionv3 needs images of at least 75x75 \\(image size 74 asked\\)"):
+        parse_variant("inceptionv3", 74)
+    with pytest.raises(BackboneError, match="mobilenet needs images of at least 32x32"):
+        parse_variant("mobilenet:0.25", 0)
 
 
 def test_missing_imagenet_weights_stop_before_training_and_name_the_file(tmp_path, monkeypatch):
@@ -163,6 +168,17 @@ def test_config_file_and_overrides(tmp_path):
         load_config(toml, {})
     with pytest.raises(ConfigError, match="no dataset given"):
         load_config(None, {})
+    toml.write_text('data = "x"\nhead_epochs = "ten"\n')  # a string where a number belongs
+    with pytest.raises(ConfigError, match=f"{toml}: head_epochs must be a whole number, not 'ten'"):
+        load_config(toml, {})
+    with pytest.raises(ConfigError, match="^options: head_epochs must be at least 1, not 0"):  # the option is at fault
+        load_config(toml, {"head_epochs": 0})
+    # Per-backbone keys are normalised to variant ids; a key for no backbone of the run is refused.
+    config = load_config(None, {"data": "x", "backbones": ["mobilenet:0.25", "vgg16"],
+                                "weight_files": {"mobilenet:0.25": "a.h5", "VGG16": "b.h5"}})
+    assert config.weight_files == {"mobilenet_0.25": "a.h5", "vgg16": "b.h5"}
+    with pytest.raises(ConfigError, match="weight_files 'mobilenet:0.5': mobilenet_0.5 is not one of this run's backbones"):
+        load_config(None, {"data": "x", "backbones": ["mobilenet:0.25"], "weight_files": {"mobilenet:0.5": "a.h5"}})
     result = run_cli("compare", "--config", str(tmp_path / "missing.toml"))
     assert result.returncode == 2 and "cannot read the config file" in result.stderr
 
