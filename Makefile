@@ -34,10 +34,12 @@ serve: setup
 slug: setup
 	$(PY) bench/slug.py
 
+# Works from a clean clone: train_compare.py trains the runs it measures (bench/results/), and
+# serving.py exports the best of a finished run when saved_models/deploy holds no model yet.
 bench: setup
-	$(PY) bench/extraction.py
-	$(PY) bench/train_compare.py
-	$(PY) bench/serving.py
+	$(PY) bench/extraction.py --config $(CONFIG)
+	$(PY) bench/train_compare.py --config $(CONFIG)
+	$(PY) bench/serving.py --config $(CONFIG)
 
 clean:
 	rm -rf build .cache .pytest_cache test-artifacts

@@ -1,8 +1,11 @@
 """Why feature extraction runs on LiteRT and augments with one warp: both measured side by side.
 
-Run: `.venv/bin/python bench/extraction.py` from the repository root (about 3 minutes on 2 cores).
+Run from the repository root (a few minutes on a small CPU; `--dry-run` only checks the paths):
 
-On the same real butterflies50 images, for every backbone with real ImageNet weights offline:
+    .venv/bin/python bench/extraction.py [--config configs/butterflies50.toml] [--dry-run]
+
+On the same real images (the config's `data`), for every backbone of the config with its
+ImageNet weights (the config's `weights_dir`):
 1. the frozen bottom (activations + pooled features) run by TensorFlow (`model.predict`) and by
    its LiteRT conversion (what `extract_engine = "auto"` picks on a CPU), ms per image, and
    how far apart their outputs are;
@@ -13,8 +16,10 @@ Prints the table and records it in docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,16 +29,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import paths  # noqa: E402  (bench/paths.py)
 import sections  # noqa: E402  (bench/sections.py)
 
 from training.backbones import parse_variant, resolve_weights  # noqa: E402
-from training.config import load_config  # noqa: E402
+from training.config import ConfigError, load_config  # noqa: E402
 from training.dataset import augmentation, image_dataset  # noqa: E402
 from training.features import run_litert  # noqa: E402
 from training.folder import scan  # noqa: E402
 from training.model import bottom, build_classifier  # noqa: E402
 
-CONFIG = ROOT / "configs" / "butterflies50.toml"
 IMAGES = 512
 
 
@@ -44,7 +49,8 @@ def per_image_ms(seconds: float) -> float:
 def engines(config, samples, spec: str, tmp: Path) -> dict:
     """TensorFlow vs LiteRT on the frozen bottom of one backbone, same images."""
     variant = parse_variant(spec)
-    weights = resolve_weights(variant, config.weights, Path(config.weights_dir), config.weight_files.get(variant.id))
+    weights_dir = Path(config.weights_dir) if config.weights_dir else None
+    weights = resolve_weights(variant, config.weights, weights_dir, config.weight_files.get(variant.id))
     classifier = build_classifier(variant, 50, weights, config.dropout)
     frozen = bottom(classifier, config.frozen_until.get(variant.id, variant.backbone.frozen_until))
     images = image_dataset(samples, variant.size, 64).cache()
@@ -85,10 +91,20 @@ def augmentations(config, samples) -> dict:
     return results
 
 
-def main() -> None:
-    import tempfile
-
-    config = load_config(CONFIG, {})
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    paths.add_options(parser)
+    args = parser.parse_args(argv)
+    data = paths.folder(args.config, "data")
+    weights = paths.folder(args.config, "weights_dir", required=False)
+    print(f"{paths.shown(args.config)}: data {paths.shown(data)}, weights {paths.shown(weights) if weights else 'downloaded'}",
+          file=sys.stderr)
+    if args.dry_run:
+        return
+    try:
+        config = load_config(ROOT / args.config, {"data": str(data), "weights_dir": str(weights) if weights else None})
+    except ConfigError as error:
+        sys.exit(str(error))
     samples = scan(config.data).splits["train"][:IMAGES]
     with tempfile.TemporaryDirectory() as tmp:
         rows = [engines(config, samples, spec, Path(tmp)) for spec in config.backbones]
@@ -96,8 +112,9 @@ def main() -> None:
     lines = [
         "## Feature extraction: TensorFlow vs LiteRT, chained vs one-warp augmentation",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, {IMAGES} butterflies50 training "
-        "images, side by side in one process. Reproduce: `.venv/bin/python bench/extraction.py`.",
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, {IMAGES} {data.name} training "
+        "images, side by side in one process. Reproduce: "
+        f"`.venv/bin/python bench/extraction.py --config {paths.shown(args.config)}`.",
         "",
         "| backbone (frozen bottom + pooled features) | TensorFlow ms/image | LiteRT ms/image | speed-up "
         "| conversion s | largest difference (relative to max) |",
@@ -105,7 +122,7 @@ def main() -> None:
         *(f"| {r['backbone']} | {r['keras_ms']:.2f} | {r['litert_ms']:.2f} | {r['keras_ms'] / r['litert_ms']:.1f}x "
           f"| {r['convert_s']:.1f} | {r['difference']:.1e} |" for r in rows),
         "",
-        "| decode + augmentation, 224x224 | ms/image (wall, 2 cores) |",
+        f"| decode + augmentation, 224x224 | ms/image (wall, {os.cpu_count()} cores) |",
         "|---|---|",
         *(f"| {name} | {ms:.2f} |" for name, ms in augment.items()),
         "",

@@ -16,7 +16,14 @@ Keras runs in a subprocess, and items 2 and 3 in fresh subprocesses that never i
 TensorFlow, so each figure is what a process doing only that job costs. The Markdown section it
 prints also replaces the text between the serving markers in docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/serving.py [--model saved_models/deploy/<name>] [--keras saved_models/<run>/<name>]
+    .venv/bin/python bench/serving.py [--config configs/butterflies50.toml] [--dry-run]
+        [--model saved_models/deploy/<name>] [--keras saved_models/<run>/<name>] [--images <test split>]
+
+The test images are the config's `data`/test unless `--images` says otherwise. With no `--model`
+and nothing exported in saved_models/deploy yet, it first exports (`python -m training export
+--best`) the best backbone of a finished run: the config's (`make run`), else bench/results/cold
+(bench/train_compare.py); with neither, it says which target to run. Paths are taken from, and
+recorded relative to, the repository root.
 
 It exits with status 1 when a target is missed. Memory is in MiB (what `ru_maxrss` and dyno
 quotas count), slug sizes in decimal MB (what Heroku reports).
@@ -41,8 +48,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import paths  # bench/paths.py, sections.py and slug.py: this script's folder is first on sys.path
 import psutil
-import sections  # bench/sections.py and bench/slug.py: this script's folder is first on sys.path
+import sections
 import slug
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
@@ -55,7 +63,7 @@ from app.inference import CARD_FILE, Classifier, find_models  # noqa: E402
 from runtime import imaging  # noqa: E402
 
 DEPLOY_ROOT = REPO_ROOT / "saved_models" / "deploy"
-TEST_IMAGES = REPO_ROOT.parent / "shared" / "datasets" / "butterflies50" / "test"
+BENCH_RUN = REPO_ROOT / "bench" / "results" / "cold"  # the full recipe, as bench/train_compare.py trains it
 
 LATENCY_IMAGES = 50
 WARMUP_RUNS = 5  # the first calls allocate buffers (and, in Keras, trace the graph)
@@ -143,8 +151,36 @@ def best_model(root: Path) -> Path:
     """The model the app shows first: the export with the best test top-1 on its card."""
     folders = find_models(root)
     if not folders:
-        sys.exit(f"{root}: no exported model; run `python -m training export` first")
+        sys.exit(f"{paths.shown(root)}: no exported model; run `make export` first")
     return max(folders, key=lambda folder: read_card(folder)["litert_metrics"]["top1"])
+
+
+def trained_runs(config: Path) -> list[Path]:
+    """Where a finished run may be: the config's own (what `make run` trains), then the bench's."""
+    settings = paths.settings(config)
+    run = settings.get("run") or Path(settings.get("data", "")).name  # as training.config.Config.run_dir
+    return [REPO_ROOT / settings.get("output_dir", "saved_models") / run, BENCH_RUN]
+
+
+def run_to_export(deploy_root: Path, runs: list[Path]) -> Path | None:
+    """The first finished run of `runs`, when `deploy_root` holds no exported model yet (None when it
+    does). With neither, stop and say which target makes one."""
+    if find_models(deploy_root):
+        return None
+    for run in runs:
+        if (run / "comparison.json").is_file():
+            return run
+    sys.exit(f"{paths.shown(deploy_root)}: no exported model, and no finished run to export "
+             f"({', '.join(paths.shown(run) for run in runs)}): run `make run` (or bench/train_compare.py), "
+             "then this again")
+
+
+def export_best(run: Path) -> None:
+    """Export the best backbone of `run` into saved_models/deploy, as `make export` does."""
+    command = [sys.executable, "-m", "training", "export", "--run", paths.shown(run), "--best"]
+    log(f"nothing exported yet: {shlex.join(command)}")
+    if subprocess.run(command, cwd=REPO_ROOT, check=False).returncode:
+        sys.exit(f"exporting {paths.shown(run)} failed (see above)")
 
 
 def test_images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -277,11 +313,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def relative(path: Path) -> str:
-    """`path` as typed from the repository root, when it lies inside it."""
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
 def milliseconds(seconds: list[float]) -> str:
     """Median and 90th percentile of per-image times, in ms."""
     return f"median {np.median(seconds) * 1000:.1f} ms, p90 {np.percentile(seconds, 90) * 1000:.1f} ms"
@@ -365,7 +396,7 @@ def measure(model: Path, keras_folder: Path, images: Path) -> dict:
     """Run every measurement, one after the other so that none competes with another for the CPU."""
     began = time.monotonic()
     latency_images, memory_images = test_images(images)
-    log(f"1/4 latency: {relative(model)} (LiteRT), {relative(keras_folder)} (Keras), {LATENCY_IMAGES} images")
+    log(f"1/4 latency: {paths.shown(model)} (LiteRT), {paths.shown(keras_folder)} (Keras), {LATENCY_IMAGES} images")
     litert = litert_latencies(model, latency_images)
     keras = run_probe(KERAS_PROBE, str(keras_folder / "model.keras"), str(WARMUP_RUNS), *map(str, latency_images))
     log(f"2/4 cold start: {COLD_START_RUNS} fresh processes")
@@ -376,30 +407,41 @@ def measure(model: Path, keras_folder: Path, images: Path) -> dict:
     log("4/4 slug: bench/slug.py")
     sizes = slug_sizes()
     return {
-        "model": relative(model), "keras_folder": relative(keras_folder), "litert": litert, "keras": keras,
+        "model": paths.shown(model), "keras_folder": paths.shown(keras_folder), "litert": litert, "keras": keras,
         "cold_starts": starts, "memory": memory, "server": server, "slug": sizes,
         "duration_s": time.monotonic() - began,
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    paths.add_options(parser)
     parser.add_argument("--model", type=Path,
                         help="exported model folder, from the repository root (default: the best in saved_models/deploy)")
     parser.add_argument("--keras", type=Path, help="Keras model folder (default: the `source` on the model card)")
-    parser.add_argument("--images", type=Path, default=TEST_IMAGES, help="test split, one folder per class")
-    args = parser.parse_args()
+    parser.add_argument("--images", type=Path,
+                        help="test split, one folder per class, from the repository root (default: the config's data/test)")
+    args = parser.parse_args(argv)
+    images = REPO_ROOT / args.images if args.images else paths.folder(args.config, "data", "test")
+    run = None if args.model else run_to_export(DEPLOY_ROOT, trained_runs(args.config))
+    if args.dry_run:
+        model = paths.shown(args.model) if args.model else f"the best in {paths.shown(DEPLOY_ROOT)}"
+        log(f"model: {model}" + (f", once the best backbone of {paths.shown(run)} is exported" if run else ""))
+        log(f"test images: {paths.shown(images)}")
+        return 0
+    if run:
+        export_best(run)
     model = (REPO_ROOT / args.model).resolve() if args.model else best_model(DEPLOY_ROOT)
     keras_folder = (REPO_ROOT / (args.keras or read_card(model)["source"])).resolve()
 
-    results = measure(model, keras_folder, args.images)
+    results = measure(model, keras_folder, images)
     rows = table_rows(results)
     command = shlex.join([".venv/bin/python", "bench/serving.py", "--model", results["model"],
-                          "--keras", results["keras_folder"], "--images", str(args.images)])
+                          "--keras", results["keras_folder"], "--images", paths.shown(images)])
     section = render(results, rows, command)
     print(section)
     sections.record("serving", section)
-    log(f"written to {relative(sections.BENCHMARKS)}")
+    log(f"written to {paths.shown(sections.BENCHMARKS)}")
     return 1 if any(passed is False for *_, passed in rows) else 0
 
 

@@ -2,11 +2,14 @@
 
 Named so as not to shadow the `training` package: a script's own folder comes first on sys.path.
 
-Run: `.venv/bin/python bench/train_compare.py` from the repository root (about 20 minutes on 2 cores).
+Run from the repository root (the longest of the benches: it trains every backbone of the config
+four times over, and the baseline; `--dry-run` only checks the paths):
+
+    .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--dry-run]
 
 Five jobs, each in its own process so its time and peak memory are its own, one after the other:
-1. the full recipe (`compare` with configs/butterflies50.toml: cached features, head, fine-tuning)
-   with an empty feature cache, on every backbone that has real ImageNet weights offline;
+1. the full recipe (`compare` with the config: cached features, head, fine-tuning) with an empty
+   feature cache, on every backbone of the config (the config's `data` and `weights_dir`);
 2. the same comparison again as a new run with the cache warm;
 3. phase 1 alone (`--no-fine-tune`) as a new run on the warm cache: what trying another head
    costs once the features exist, and what phase 2 adds to accuracy;
@@ -14,6 +17,7 @@ Five jobs, each in its own process so its time and peak memory are its own, one 
    is worth, side by side;
 5. the original project's baseline recipe on the same data and weights: inputs rescaled by
    1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
+The runs are written to bench/results/, where bench/serving.py finds one to export.
 """
 
 from __future__ import annotations
@@ -27,12 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-import sections  # bench/sections.py: this script's folder is first on sys.path
+import paths  # bench/paths.py and bench/sections.py: this script's folder is first on sys.path
+import sections
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "datasets" / "butterflies50"
-WEIGHTS = ROOT.parent / "shared" / "weights"
-CONFIG = ROOT / "configs" / "butterflies50.toml"
+ROOT = paths.ROOT
 OUT = ROOT / "bench" / "results"
 BASELINE_EPOCHS = 5
 
@@ -54,30 +56,33 @@ def run_job(args: list[str]) -> tuple[float, float]:
     return time.perf_counter() - start, peak / 1e6
 
 
-def compare(run: str, cache: Path, *options: str) -> list[str]:
-    return ["-m", "training", "compare", "--config", str(CONFIG), "--run", run,
+def compare(config: Path, run: str, cache: Path, *options: str) -> list[str]:
+    """The CLI job that trains and compares the config's backbones as run `run` in OUT.
+
+    Its relative paths are taken from the repository root, the jobs' working directory."""
+    return ["-m", "training", "compare", "--config", str(config), "--run", run,
             "--output-dir", str(OUT), "--cache-dir", str(cache), *options]
 
 
-def baseline() -> None:
+def baseline(config_path: Path, data: Path, weights: Path | None) -> None:
     """The original recipe, per backbone: 1/255 inputs, frozen base, dense head, no cache."""
     import keras
     import numpy as np
 
-    from training.backbones import build_base, parse_variant
+    from training.backbones import build_base, parse_variant, resolve_weights
     from training.config import load_config
     from training.evaluate import metrics
 
-    config = load_config(CONFIG, {})
+    config = load_config(ROOT / config_path, {"data": str(data), "weights_dir": str(weights) if weights else None})
     results = []
     for spec in config.backbones:
         variant = parse_variant(spec)
         train, valid, test = (
             keras.utils.image_dataset_from_directory(
-                DATA / split, image_size=(variant.size, variant.size), batch_size=32, shuffle=shuffle, seed=1)
+                data / split, image_size=(variant.size, variant.size), batch_size=32, shuffle=shuffle, seed=1)
             for split, shuffle in (("train", True), ("valid", False), ("test", False))
         )
-        base = build_base(variant, WEIGHTS / variant.weights_file)
+        base = build_base(variant, resolve_weights(variant, config.weights, weights, config.weight_files.get(variant.id)))
         base.trainable = False
         model = keras.Sequential([
             keras.Input((variant.size, variant.size, 3)), keras.layers.Rescaling(1 / 255), base,
@@ -113,17 +118,23 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return head + "\n".join("| " + " | ".join(fmt.format(**row) for _, fmt in columns) + " |" for row in rows)
 
 
-def main() -> None:
+def test_images(data: Path) -> int:
+    """How many images the test split holds: what one image is worth in points of top-1."""
+    return sum(1 for path in (data / "test").rglob("*") if path.is_file() and not path.name.startswith("."))
+
+
+def benchmark(config: Path, data: Path) -> None:
+    """Run the five jobs one after the other, then print and record the section."""
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     for run in ("cold", "warm", "warm-phase1", "no-smoothing"):
         shutil.rmtree(OUT / run, ignore_errors=True)
-    cold_s, cold_mb = run_job(compare("cold", cache))
-    warm_s, warm_mb = run_job(compare("warm", cache))
-    head_s, _ = run_job(compare("warm-phase1", cache, "--no-fine-tune"))
-    run_job(compare("no-smoothing", cache, "--label-smoothing", "0"))
-    base_s, base_mb = run_job([__file__, "--baseline"])
+    cold_s, cold_mb = run_job(compare(config, "cold", cache))
+    warm_s, warm_mb = run_job(compare(config, "warm", cache))
+    head_s, _ = run_job(compare(config, "warm-phase1", cache, "--no-fine-tune"))
+    run_job(compare(config, "no-smoothing", cache, "--label-smoothing", "0"))
+    base_s, base_mb = run_job([__file__, "--baseline", "--config", str(config)])
 
     full, warm = results("cold"), results("warm")
     base = json.loads((OUT / "baseline.json").read_text())
@@ -131,22 +142,23 @@ def main() -> None:
     phase1 = sum(row["phase1_s"] for row in full)
     warm_phase1 = sum(row["phase1_s"] for row in warm)
     best = max(row["top1"] for row in full)
+    count = test_images(data)
     checks = [
         ("every real-weight backbone >= 97% test top-1", all(r["top1"] >= 0.97 for r in full),
          ", ".join(f"{r['backbone']} {r['top1']:.1%}" for r in full)),
         ("best >= 98% test top-1", best >= 0.98, f"{best:.1%}"),
-        ("whole comparison (3 backbones, both phases) <= 10 min", cold_s <= 600, f"{cold_s / 60:.1f} min"),
-        ("phase 1 alone for the three <= 3 min", phase1 <= 180, f"{phase1 / 60:.1f} min"),
+        (f"whole comparison ({len(full)} backbones, both phases) <= 10 min", cold_s <= 600, f"{cold_s / 60:.1f} min"),
+        (f"phase 1 alone for the {len(full)} <= 3 min", phase1 <= 180, f"{phase1 / 60:.1f} min"),
         ("rerun with the feature cache warm <= 1 min, whole job (both phases)", warm_s <= 60, f"{warm_s:.0f} s"),
         ("rerun with the feature cache warm <= 1 min, phase 1 job (`--no-fine-tune`, process start to "
          "tables written)", head_s <= 60, f"{head_s:.0f} s"),
     ]
     section = "\n".join([
-        "## Training: butterflies50, full recipe vs the original baseline",
+        f"## Training: {data.name}, full recipe vs the original baseline",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, no GPU, Python "
-        f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/train_compare.py`. Test split: "
-        "250 images (one image = 0.4 points).",
+        f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/train_compare.py --config "
+        f"{paths.shown(config)}`. Test split: {count} images (one image = {100 / count:.2g} points).",
         "",
         "### Full recipe (cached features, head, fine-tuning of the top blocks), cold cache",
         table(full, [("backbone", "{backbone}"), ("test top-1", "{top1:.1%}"), ("top-5", "{top5:.1%}"),
@@ -179,10 +191,23 @@ def main() -> None:
     sections.record("training", section)
 
 
-if __name__ == "__main__":
-    if "--baseline" in sys.argv:
-        baseline()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    paths.add_options(parser)
+    parser.add_argument("--baseline", action="store_true",
+                        help="run the baseline job alone (the benchmark runs it so, in a process of its own)")
+    args = parser.parse_args(argv)
+    data = paths.folder(args.config, "data")
+    weights = paths.folder(args.config, "weights_dir", required=False)
+    print(f"{paths.shown(args.config)}: data {paths.shown(data)}, weights {paths.shown(weights) if weights else 'downloaded'}; "
+          f"runs written to {paths.shown(OUT)}", file=sys.stderr)
+    if args.dry_run:
+        return
+    if args.baseline:
+        baseline(args.config, data, weights)
     else:
-        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.parse_args()
-        main()
+        benchmark(args.config, data)
+
+
+if __name__ == "__main__":
+    main()

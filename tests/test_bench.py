@@ -1,0 +1,112 @@
+"""The benchmarks start, parse their options and find their paths: cheap checks, no measuring.
+
+A benchmark that no test runs is broken by the next change, so each bench script is imported
+here (every name it takes from `training`, `app` and `runtime` must still exist), asked for
+--help, and dry-run against a config: paths come from the config and are shown relative to the
+repository root. The measurements themselves take minutes each and run with `make bench`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from shapes import BUTTERFLIES, ROOT, WEIGHTS
+
+BENCHES = ["extraction", "train_compare", "serving"]
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a bench script as a module, as it imports its neighbours: bench/ first on sys.path."""
+    monkeypatch.syspath_prepend(ROOT / "bench")
+
+    def load(name: str) -> ModuleType:
+        return importlib.import_module(name)
+
+    return load
+
+
+def write_config(folder: Path, data: Path, **settings: str) -> Path:
+    """A bench config in `folder` naming `data` and a weights folder that both exist (unless removed)."""
+    (folder / "weights").mkdir(exist_ok=True)
+    lines = [f'data = "{data}"', f'weights_dir = "{folder / "weights"}"', 'backbones = ["mobilenet:0.25"]']
+    lines += [f'{key} = "{value}"' for key, value in settings.items()]
+    config = folder / "bench.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def shown(path: Path) -> str:
+    """How the benches must name `path`: from the repository root."""
+    return os.path.relpath(path, ROOT)
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_bench_starts_and_explains_its_options(bench, name: str, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench(name).main(["--help"])
+    assert stop.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--config" in usage and "--dry-run" in usage
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_a_dry_run_finds_the_config_paths_and_names_them_from_the_repository_root(
+        bench, name: str, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    (data / "test" / "a class").mkdir(parents=True)
+    finished_run = tmp_path / "runs" / "tiny"  # for serving, when nothing is exported here
+    finished_run.mkdir(parents=True)
+    (finished_run / "comparison.json").write_text("[]")
+    config = write_config(tmp_path, data, output_dir=str(tmp_path / "runs"), run="tiny")
+
+    assert not bench(name).main(["--config", str(config), "--dry-run"])
+    said = capsys.readouterr().err
+    assert shown(data) in said
+    assert not [word for word in said.split() if word.startswith("/")]  # no machine path
+
+
+@pytest.mark.parametrize("name", BENCHES)
+def test_a_missing_data_folder_stops_the_bench_with_a_message(bench, name: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, tmp_path / "nowhere")
+    with pytest.raises(SystemExit) as stop:
+        bench(name).main(["--config", str(config), "--dry-run"])
+    message = str(stop.value.code)
+    assert message.startswith(f"{config}: data = ") and "no such folder" in message and "nowhere" in message
+
+
+@pytest.mark.skipif(not (BUTTERFLIES.is_dir() and WEIGHTS.is_dir()), reason="needs ../shared (butterflies50 and weights)")
+@pytest.mark.parametrize("name", ["extraction", "train_compare"])
+def test_the_default_config_names_the_shared_data_beside_the_repository(bench, name: str, capsys) -> None:
+    assert not bench(name).main(["--dry-run"])
+    said = capsys.readouterr().err
+    assert "configs/butterflies50.toml: data ../shared/datasets/butterflies50, weights ../shared/weights" in said
+
+
+def test_serving_exports_the_first_finished_run_when_nothing_is_exported(bench, tmp_path: Path) -> None:
+    serving = bench("serving")
+    deploy, runs = tmp_path / "deploy", [tmp_path / "make-run", tmp_path / "bench-run"]
+    for run in runs:
+        run.mkdir()
+    (runs[1] / "comparison.json").write_text("[]")
+    assert serving.run_to_export(deploy, runs) == runs[1]  # the first is unfinished
+
+    (runs[0] / "comparison.json").write_text("[]")
+    assert serving.run_to_export(deploy, runs) == runs[0]
+
+    model = deploy / "mobilenet_0.25"
+    model.mkdir(parents=True)
+    for name in (serving.CARD_FILE, "labels.json", "model.tflite"):
+        (model / name).write_text("{}")
+    assert serving.run_to_export(deploy, runs) is None  # an exported model: serve it
+
+
+def test_serving_says_which_target_to_run_when_there_is_nothing_to_serve(bench, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as stop:
+        bench("serving").run_to_export(tmp_path / "deploy", [tmp_path / "make-run"])
+    assert "no exported model, and no finished run to export" in str(stop.value.code)
+    assert "make run" in str(stop.value.code)
