@@ -95,7 +95,7 @@ class Config:
     # Per backbone id, the last layer kept frozen in phase 2 (default: the registry's choice).
     frozen_until: dict[str, str] = field(default_factory=dict)
 
-    # What computes the cached features: "litert" (1.6-4x faster on a CPU), "keras" (TensorFlow,
+    # What computes the cached features: "litert" (the faster on a CPU: docs/BENCHMARKS.md), "keras" (TensorFlow,
     # the faster on a GPU), or "auto": LiteRT unless a GPU is visible or mixed precision is on.
     extract_engine: str = "auto"
 

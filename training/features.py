@@ -13,8 +13,8 @@ With augmentation on, the training split is also cached as `augment_views` augme
 
 On a CPU the frozen bottom runs through LiteRT (`extract_engine = "auto"`): the same Keras model,
 converted once with `model.export(format="litert")` and cached beside the features, computes the
-same outputs (to float rounding) 1.6 to 4 times faster than TensorFlow, thanks to its XNNPACK
-kernels for depthwise convolutions. On a GPU, TensorFlow is the faster of the two.
+same outputs (to float rounding) faster than TensorFlow (docs/BENCHMARKS.md), thanks to its
+XNNPACK kernels for depthwise convolutions. On a GPU, TensorFlow is the faster of the two.
 """
 
 from __future__ import annotations
