@@ -61,7 +61,6 @@ CARD_KEYS = tuple(field.name for field in dataclasses.fields(ModelCard))
 class ModelFolder:
     """A model folder whose files were read and found to agree with each other."""
 
-    path: Path
     labels: list[str]
     card: dict[str, Any]  # all of model_card.json, provenance included
     model: LiteRTModel
@@ -73,7 +72,7 @@ def load(folder: Path, num_threads: int | None = 2) -> ModelFolder:
     card = read_json(folder / CARD_FILE, dict)
     model = LiteRTModel(folder / MODEL_FILE, OUTPUTS, num_threads)
     check_consistent(folder, labels, card, model)
-    return ModelFolder(folder, labels, card, model)
+    return ModelFolder(labels, card, model)
 
 
 def read_labels(folder: Path) -> list[str]:
