@@ -1,0 +1,116 @@
+"""A second look at a photo: when the butterfly is small, classify a crop around it too.
+
+Visitors' photos show a small butterfly somewhere in the frame; squashed to the model's 224x224
+input, it is a few dozen pixels of wing. The first pass already says where it looked: the class
+map of its top class (`class_maps[..., top]`, the head applied at every location) is strongest on
+the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
+up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),
+classifies the crop, and averages the two answers' probabilities. When the evidence already fills
+most of the frame, the crop would be the photo again, so it is skipped and costs nothing.
+
+The suggested box is returned too: the app offers it as the starting frame of its crop tool.
+The model is any callable `predict(pixels) -> {"probabilities": (N,), "class_maps": (h, w, N), ...}`
+(an `app.inference` classifier, a LiteRT model, a Keras wrapper in a benchmark), so this module
+needs neither TensorFlow nor a particular runner: numpy and Pillow only, which the app can afford.
+Its accuracy and latency on field photos are in docs/BENCHMARKS.md (`bench/field.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from runtime import imaging
+
+Outputs = dict[str, np.ndarray]
+Predict = Callable[[np.ndarray], Outputs]
+Box = tuple[int, int, int, int]  # left, top, right, bottom in the photo's pixels
+
+DECODE_SCALE = 4  # decode photos at up to 4x the model's input side: a quarter-side crop keeps full detail
+EVIDENCE_LEVEL = 0.5  # the box holds every location whose evidence is at least half the peak's
+MARGIN = 0.25  # the box grows by a quarter of its side on each side: wings and context stay in
+MIN_SIDE = 0.25  # never crop below a quarter of the photo's short side (a 7x7 map cannot aim finer)
+MAX_SIDE = 0.8  # a box wider than 80% of the short side is the photo again: no second pass
+UPSAMPLE = 16  # map cells are upsampled 16x (bilinear) before thresholding, for a smooth box edge
+
+
+@dataclass(frozen=True)
+class Look:
+    """What the model said about a photo, with or without a second look at a crop."""
+
+    probabilities: np.ndarray  # (N,): the answer (the average of both passes when there was a crop)
+    full: Outputs  # the first pass, on the whole photo
+    crop: Outputs | None  # the second pass, on the crop; None when the crop was skipped
+    box: Box  # the suggested crop, in the photo's pixels (the whole photo when evidence fills it)
+
+    def top_class_map(self) -> np.ndarray:
+        """The first pass's class map of the answer's top class: where the heatmap is drawn from."""
+        return self.full["class_maps"][..., int(np.argmax(self.probabilities))]
+
+
+def decode(source: imaging.Source, input_size: tuple[int, int], name: str | None = None) -> Image.Image:
+    """The upright RGB photo, decoded at no more than `DECODE_SCALE` times the input size
+    (the JPEG decoder skips the rest), which is all a crop needs; `imaging.ImageError` if unusable."""
+    height, width = input_size
+    return imaging.open_rgb(source, name, draft_size=(width * DECODE_SCALE, height * DECODE_SCALE))
+
+
+def pixels(image: Image.Image, input_size: tuple[int, int], box: Box | None = None) -> np.ndarray:
+    """The model's input for `image` (or its `box`): squashed to `input_size` = (height, width)
+    with Pillow's bilinear filter, as `imaging.load_pixels` does for the whole photo."""
+    height, width = input_size
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0), dtype=np.uint8)
+
+
+def upsampled(class_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A (h, w) class map resized bilinearly to `size` = (width, height), each cell an area as in Pillow."""
+    return np.asarray(Image.fromarray(class_map.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+
+
+def peak(class_map: np.ndarray, image_size: tuple[int, int]) -> tuple[int, int]:
+    """The (x, y) pixel of `image_size` = (width, height) where the upsampled class map peaks:
+    where the heatmap is reddest."""
+    heat = upsampled(class_map, image_size)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    return int(x), int(y)
+
+
+def evidence_box(class_map: np.ndarray, image_size: tuple[int, int]) -> Box:
+    """A square box, in the pixels of a photo of `image_size` = (width, height), around the
+    locations whose evidence reaches `EVIDENCE_LEVEL` of the peak, grown by `MARGIN`, kept inside
+    the photo and no smaller than `MIN_SIDE` of its short side."""
+    width, height = image_size
+    rows, columns = class_map.shape
+    heat = upsampled(np.maximum(class_map, 0.0), (columns * UPSAMPLE, rows * UPSAMPLE))
+    if heat.max() <= 0:
+        return 0, 0, width, height  # no positive evidence anywhere: nothing to aim at
+    ys, xs = np.nonzero(heat >= EVIDENCE_LEVEL * heat.max())
+    # Cell edges in the photo's pixels: upsampled cell i spans [i, i + 1) / (columns * UPSAMPLE) of the width.
+    left, right = xs.min() * width / heat.shape[1], (xs.max() + 1) * width / heat.shape[1]
+    top, bottom = ys.min() * height / heat.shape[0], (ys.max() + 1) * height / heat.shape[0]
+    short = min(width, height)
+    side = min(short, max(MIN_SIDE * short, max(right - left, bottom - top) * (1 + 2 * MARGIN)))
+    centre_x, centre_y = (left + right) / 2, (top + bottom) / 2
+    x0 = int(round(np.clip(centre_x - side / 2, 0, width - side)))
+    y0 = int(round(np.clip(centre_y - side / 2, 0, height - side)))
+    side = int(round(side))
+    return x0, y0, min(width, x0 + side), min(height, y0 + side)
+
+
+def look(image: Image.Image, predict: Predict, input_size: tuple[int, int], second: bool = True) -> Look:
+    """Classify `image`, and when its evidence is small, a crop around it too (see the module doc).
+
+    `second=False` gives the first pass alone (with the suggested box), for comparison and for
+    callers that cannot afford the second pass.
+    """
+    full = predict(pixels(image, input_size))
+    top_map = full["class_maps"][..., int(np.argmax(full["probabilities"]))]
+    box = evidence_box(top_map, image.size)
+    small = (box[2] - box[0]) <= MAX_SIDE * min(image.size)
+    if not (second and small):
+        return Look(full["probabilities"], full, None, box)
+    crop = predict(pixels(image, input_size, box))
+    return Look((full["probabilities"] + crop["probabilities"]) / 2, full, crop, box)
