@@ -1,0 +1,125 @@
+"""bench/field.py end to end on generated data with a TensorFlow-free stand-in model, and the
+field augmentation views it measures (training/field_augment.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import field  # noqa: E402
+
+from training import field_augment  # noqa: E402
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210), (250, 140, 20)]
+
+
+def blob(colour, rng, size=64, side=(0.5, 0.9)) -> tuple[Image.Image, Image.Image]:
+    """A coloured square (the 'butterfly') on a grey noisy background, and its mask."""
+    pixels = rng.integers(90, 140, (size, size, 3)).astype(np.uint8)
+    mask = np.zeros((size, size), dtype=bool)
+    s = int(rng.uniform(*side) * size)
+    x, y = rng.integers(0, size - s + 1, 2)
+    pixels[y:y + s, x:x + s] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    mask[y:y + s, x:x + s] = True
+    return Image.fromarray(pixels), Image.fromarray(mask)
+
+
+def colour_model() -> field.Model:
+    """Stand-in for a backbone: a 7x7 map of each 8x8 cell's mean colour and its square."""
+    def feature_map(pixels: np.ndarray) -> np.ndarray:
+        cells = pixels.astype(np.float32).reshape(7, 8, 7, 8, 3).mean(axis=(1, 3)) / 255
+        return np.concatenate([cells, cells ** 2], axis=-1)
+    return field.Model("colours", "colours", 56, feature_map)
+
+
+@pytest.fixture()
+def data(tmp_path, monkeypatch) -> tuple[dict[str, field.Split], list[field.FieldPhoto]]:
+    monkeypatch.setattr(field, "WORK", tmp_path / "work")
+    monkeypatch.setattr(field, "FOLDS", 2)
+    monkeypatch.setattr(field, "HELD_OUT", 2)
+    monkeypatch.setattr(field, "BANK_PER_CLASS", 5)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in (("train", 12), ("valid", 4), ("test", 4)):
+        paths, labels = [], []
+        for label, colour in enumerate(COLOURS[:6]):
+            for index in range(count):
+                path = tmp_path / "b" / split / str(label) / f"{index}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                blob(colour, rng)[0].save(path)
+                paths.append(path)
+                labels.append(label)
+        splits[split] = field.Split(paths, np.array(labels))
+    root = tmp_path / "field"
+    mapping = {"a_known": "1", "b_known": "4", "c_unknown": None}
+    (root).mkdir()
+    (root / "mapping.json").write_text(json.dumps(mapping))
+    for folder, colour in (("a_known", COLOURS[1]), ("b_known", COLOURS[4]), ("c_unknown", COLOURS[6])):
+        for index in range(5):  # small 'butterflies' in bigger photos
+            image, mask = blob(colour, rng, size=160, side=(0.2, 0.35))
+            for kind, picture in (("images", image), ("masks", mask)):
+                (root / kind / folder).mkdir(parents=True, exist_ok=True)
+                picture.save(root / kind / folder / f"{index}.{'jpg' if kind == 'images' else 'png'}")
+    photos = field.field_photos(root, [str(n) for n in range(6)])
+    return splits, photos
+
+
+def test_field_photos_are_labelled_by_the_mapping(data):
+    _, photos = data
+    assert [p.label for p in photos] == [1] * 5 + [4] * 5 + [-1] * 5
+    assert all(p.mask.is_file() for p in photos)
+
+
+def test_a_mapping_to_an_unknown_class_is_refused(tmp_path):
+    (tmp_path / "mapping.json").write_text(json.dumps({"x": "NOT A CLASS"}))
+    with pytest.raises(SystemExit, match="mapping.json: x maps to 'NOT A CLASS'"):
+        field.field_photos(tmp_path, ["A", "B"])
+
+
+def test_the_bench_measures_and_reports_a_model(data):
+    splits, photos = data
+    model = colour_model()
+    train = field.split_features(model, splits["train"], "train")
+    result = field.evaluate(model, field.fit_head(train, splits["train"].labels), splits, photos, "colours")
+    assert result["test_top1"] == 1.0  # colours are easy
+    assert result["first"]["field_top1"] >= 0.8
+    assert result["in_mask"] >= 0.8  # the colour map peaks on the square
+    assert result["cropped"] > 0.5  # the squares are small: the second look crops
+    assert set(result["species_out"]) == {*field.SCORES, "max_softmax+knn"}
+    assert result["default_score"] in result["species_out"]
+    section = field.report([], [result], "bench/field.py")
+    assert "| colours |" in section and "(default)" in section
+    # A second evaluation reads the stored result instead of measuring again.
+    assert field.evaluate(model, field.fit_head(train, splits["train"].labels), splits, photos, "again")["model"] == "again"
+
+
+@pytest.mark.parametrize("recipe", ["zoom_out", "crop", "colour", "blur", "field"])
+def test_views_are_deterministic_per_seed(recipe):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    first = field_augment.field_views(images, seed=7, recipe=recipe)
+    assert first.shape == images.shape and first.dtype == np.uint8
+    assert np.array_equal(first, field_augment.field_views(images, seed=7, recipe=recipe))
+    assert not np.array_equal(first, field_augment.field_views(images, seed=8, recipe=recipe))
+
+
+def test_zoom_out_pastes_a_smaller_copy_on_blurred_context():
+    picture = Image.new("RGB", (100, 100), (255, 0, 0))
+    context = Image.fromarray(np.tile(np.array([0, 0, 255], dtype=np.uint8), (100, 100, 1)))
+    out = np.asarray(field_augment.zoom_out(picture, context, np.random.default_rng(0)))
+    red = np.mean((out[..., 0] > 200) & (out[..., 2] < 50))
+    assert 0.3 ** 2 * 0.6 <= red <= 0.9 ** 2 * 1.3  # the image now covers 30-90% of the side
+    assert np.mean(out[..., 2] > 200) > 0.1  # and the context shows around it
+
+
+def test_an_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="unknown field augmentation recipe 'nope'"):
+        field_augment.field_views(np.zeros((1, 8, 8, 3), dtype=np.uint8), seed=0, recipe="nope")
