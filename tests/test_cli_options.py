@@ -1,0 +1,203 @@
+"""Every option of every subcommand, used for real: each row of `ROWS` is one invocation and
+checks an effect of its options, and `test_every_option_is_used` reads the parser and fails
+on any option no row uses (so a new option needs a row).
+
+Cheap by design: two small compare runs (32x32, stand-in weights or none, 1-2 epochs) share
+most options, and predict and export reuse the session's `trained_run`. Rows run in this
+process (`training.__main__.main`), in a scratch folder, so default paths land there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import pytest
+from shapes import make_dataset
+
+from training.__main__ import build_parser, main
+from training.standin import is_stand_in, write_all
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: int
+    stdout: str
+    places: dict[str, Path]
+
+    def backbone(self, run: str, backbone: str, name: str) -> dict:
+        return json.loads((self.places["cwd"] / run / backbone / name).read_text())
+
+
+@dataclass(frozen=True)
+class Row:
+    args: tuple[str, ...]  # with {placeholders} for the `places` fixture's paths
+    check: Callable[[Outcome], None]
+
+
+def transfer_run(out: Outcome) -> None:
+    """Every training option at once, on stand-in ImageNet weights found through --weights-dir."""
+    run = out.places["cwd"] / "runs" / "named"  # --output-dir, --run
+    config = out.backbone("runs/named", "mobilenet_0.25", "config.json")  # --backbones
+    assert config["weights"] == str(out.places["standins"] / "mobilenet_2_5_224_tf_no_top.h5")  # --weights-dir
+    assert config["input_size"] == [32, 32]  # --image-size
+    settings = config["settings"]
+    assert settings["dropout"] == 0.3 and settings["head_patience"] == 5  # --config
+    assert (settings["batch_size"], settings["seed"], settings["label_smoothing"]) == (8, 5, 0.2)
+    assert (settings["head_learning_rate"], settings["fine_tune_learning_rate"]) == (0.01, 1e-3)
+    assert config["fine_tune_learning_rate"] == pytest.approx(2e-3)  # the registry's 2x for MobileNet
+    assert (settings["mixed_precision"], settings["strategy"]) == (True, "mirrored")
+    steps = out.backbone("runs/named", "mobilenet_0.25", "state.json")["steps"]
+    assert len(steps["head"]["history"]["loss"]) == 2  # --head-epochs
+    assert len(steps["fine_tune"]["history"]) == 1  # --fine-tune-epochs
+    assert steps["features"]["train_features"] == 3 * 12  # --augment-views 2: each image plus two views
+    cache = sorted(p.name for p in (out.places["cwd"] / "cache").iterdir())  # --cache-dir
+    assert [name.split("-")[2] for name in cache if "-train-" in name] == ["view0", "view1", "view2"]
+    assert not [name for name in cache if name.endswith(".tflite")]  # --extract-engine keras: no LiteRT bottom
+    model = keras.models.load_model(run / "mobilenet_0.25" / "model.keras")
+    assert model.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"  # --mixed-precision
+    assert model.input.shape[1:] == (32, 32, 3)
+
+
+def plain_run(out: Outcome) -> None:
+    """Phase 1 alone, no augmentation, LiteRT extraction; one backbone from its own file, one from scratch."""
+    mobilenet = out.backbone("runs2/data", "mobilenet_0.25", "config.json")
+    assert mobilenet["weights"] == str(out.places["standins"] / "mobilenet_2_5_224_tf_no_top.h5")  # --weights-file
+    assert out.backbone("runs2/data", "mobilenetv2_0.35", "config.json")["weights"] == "none"  # --weights none
+    for backbone in ("mobilenet_0.25", "mobilenetv2_0.35"):
+        steps = out.backbone("runs2/data", backbone, "state.json")["steps"]
+        assert steps["features"]["train_features"] == 12  # --no-augment: no augmented views
+        assert steps["fine_tune"]["history"] == []  # --no-fine-tune
+        assert not (out.places["cwd"] / "runs2" / "data" / backbone / "finetune_log.csv").exists()
+    bottoms = list((out.places["cwd"] / ".cache" / "features").glob("mobilenet_0.25-bottom-*.tflite"))
+    assert len(bottoms) == 1  # --extract-engine litert: the frozen bottom runs as a LiteRT file
+
+
+def stand_in(out: Outcome) -> None:
+    [path] = [Path(line) for line in out.stdout.splitlines()]  # --backbones: that one file only
+    assert path == Path("standins-row") / "mobilenet_2_5_224_tf_no_top.h5"
+    assert is_stand_in(path)
+    assert path.read_bytes() != (out.places["standins"] / path.name).read_bytes()  # --seed 3, not 0
+
+
+def top_two(out: Outcome) -> None:
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].endswith("0.jpg") and len(lines) == 3  # the image, then --top-k 2 classes
+    assert all(line.strip().split("%  ")[1] in ("red circle", "green square", "blue triangle") for line in lines[1:])
+
+
+def renamed_csv(out: Outcome) -> None:
+    with open(out.places["cwd"] / "out" / "predictions.csv") as file:  # --output
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 6 and "top3" in rows[0] and "top4" not in rows[0]  # 3 classes: top-3 by default
+    assert all("Red Circle (shown)" in (row["top1"], row["top2"], row["top3"]) for row in rows)  # --names
+    assert not any("red circle" in row.values() for row in rows)
+
+
+def float16_card(out: Outcome) -> None:
+    card = json.loads((out.places["cwd"] / "deploy16" / "model_card.json").read_text())  # --out
+    assert card["quantization"] == "float16" and card["source"] == str(out.places["trained"] / "vgg16")  # --model
+
+
+def best_card(out: Outcome) -> None:
+    card = json.loads((out.places["cwd"] / "deploy-best" / "model_card.json").read_text())
+    table = json.loads((out.places["trained"] / "comparison.json").read_text())
+    [best] = [row["backbone"] for row in table if row["best"]]
+    assert card["backbone"] == best and card["quantization"] == "float32"  # --run with --best
+
+
+def dataset_report(out: Outcome) -> None:
+    assert "3 classes" in out.stdout and "train:     12 images" in out.stdout
+
+
+def help_of(command: str) -> Callable[[Outcome], None]:
+    def check(out: Outcome) -> None:
+        assert out.stdout.startswith(f"usage: python -m training {command}".rstrip())
+        for name, options in parser_options():
+            if name == command:
+                assert options[-1] in out.stdout
+    return check
+
+
+ROWS = [
+    Row(("compare", "--config", "{config}", "--data", "{data}", "--backbones", "mobilenet:0.25", "--run", "named",
+         "--output-dir", "runs", "--cache-dir", "cache", "--weights-dir", "{standins}", "--image-size", "32",
+         "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.2",
+         "--head-learning-rate", "0.01", "--fine-tune-epochs", "1", "--fine-tune-learning-rate", "1e-3",
+         "--augment-views", "2", "--extract-engine", "keras", "--mixed-precision", "--strategy", "mirrored"), transfer_run),
+    Row(("compare", "--data", "{data}", "--backbones", "mobilenet:0.25,mobilenetv2:0.35", "--output-dir", "runs2",
+         "--weights", "none", "--weights-file", "mobilenet:0.25={standins}/mobilenet_2_5_224_tf_no_top.h5",
+         "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert"), plain_run),
+    Row(("stand-in-weights", "standins-row", "--backbones", "mobilenet:0.25", "--seed", "3"), stand_in),
+    Row(("check-data", "{data}"), dataset_report),
+    Row(("predict", "--model", "{trained}/vgg16", "{data}/test/red circle/0.jpg", "--top-k", "2"), top_two),
+    Row(("predict", "--model", "{trained}/vgg16", "{data}/test", "--names", "{names}", "--output", "out/predictions.csv"),
+        renamed_csv),
+    Row(("export", "--model", "{trained}/vgg16", "--quantize", "float16", "--out", "deploy16"), float16_card),
+    Row(("export", "--run", "{trained}", "--best", "--out", "deploy-best"), best_card),
+    Row(("--help",), help_of("")),
+    Row(("compare", "--help"), help_of("compare")),
+    Row(("check-data", "-h"), help_of("check-data")),
+    Row(("predict", "--help"), help_of("predict")),
+    Row(("export", "--help"), help_of("export")),
+    Row(("stand-in-weights", "--help"), help_of("stand-in-weights")),
+]
+
+
+def parser_options() -> list[tuple[str, tuple[str, ...]]]:
+    """(subcommand, option strings of one option) for every option; "" is the program itself.
+    argparse keeps its actions in `_actions`: it has no public way to list them."""
+    parser = build_parser()
+    [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    found = [("", tuple(action.option_strings)) for action in parser._actions if action.option_strings]
+    for name, subparser in commands.choices.items():
+        found += [(name, tuple(action.option_strings)) for action in subparser._actions if action.option_strings]
+    return found
+
+
+def uses(row: Row, command: str, options: tuple[str, ...]) -> bool:
+    if (row.args[0] if not row.args[0].startswith("-") else "") != command:
+        return False
+    return any(arg == option or arg.startswith(f"{option}=") for arg in row.args for option in options)
+
+
+def test_every_option_is_used():
+    unused = [f"{command} {options[-1]}".strip() for command, options in parser_options()
+              if not any(uses(row, command, options) for row in ROWS)]
+    assert not unused, f"options no row of ROWS uses: {', '.join(unused)}"
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, trained_run) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("options")
+    write_all(root / "standins", ["mobilenet:0.25"], seed=0)
+    (root / "config.toml").write_text("dropout = 0.3\nhead_patience = 5\n")
+    (root / "names.json").write_text(json.dumps({"red circle": "Red Circle (shown)"}))
+    (root / "cwd").mkdir()
+    return {"data": make_dataset(root / "data", counts=(4, 2, 2)), "standins": root / "standins",
+            "config": root / "config.toml", "names": root / "names.json", "trained": trained_run, "cwd": root / "cwd"}
+
+
+@pytest.fixture(autouse=True)
+def float32_afterwards():
+    """--mixed-precision sets Keras' global policy; later tests in this process expect float32."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[" ".join(row.args[:2]) + f"-{i}" for i, row in enumerate(ROWS)])
+def test_option_has_its_effect(row, places, capsys, monkeypatch):
+    monkeypatch.chdir(places["cwd"])
+    argv = [arg.format(**places) for arg in row.args]
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # --help
+        code = exit.code
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    row.check(Outcome(code, captured.out, places))
