@@ -1,36 +1,41 @@
 """What the full recipe costs per backbone on a CPU: measured per phase, projected to the whole dataset.
 
-Run from the repository root: `.venv/bin/python bench/card_cost.py` (about 30 minutes on 2 cores),
-or `--quick` for a smoke run (one backbone, a few images, nothing recorded).
+Run from the repository root (about 30 minutes on 2 cores; `--quick`: a smoke run of one backbone
+on a few images that records nothing; `--dry-run` only checks the paths):
+
+    .venv/bin/python bench/card_cost.py [--config configs/butterflies50.toml] [--quick] [--dry-run]
 
 The card's four backbones (ResNet50, VGG16, InceptionV3, MobileNet 1.0) and the registry's
 others have no ImageNet weights offline here, so they start from stand-in weights
 (`training/standin.py`: random values in Keras' file format). Cost does not depend on the weight
 values; accuracy does, so no accuracy is measured on them. A full run of the recipe on the card's
 backbones would take hours on 2 cores, so each is measured on a fixed sample of training images,
-step by step, through the pipeline's own code, in its own process (so that its peak memory is its own):
+through the pipeline's own code, in a process of its own (so that its peak memory is its own):
 
-1. extraction: the frozen bottom converted to LiteRT (timed apart) and run on the sample by
-   `training.features.run_litert`, plain and with the training augmentation (one view);
-2. phase 1: `training.head.train_head` on the sample's pooled features, tiled to the size of
-   the training set, one epoch (warm-up) against a few more;
-3. phase 2: training and validation steps of the top blocks (`training.model.top`, compiled as
-   `training.finetune.fine_tune` compiles it) on the sample's cached activations, after warm-up;
-4. test evaluation (`predict`, batch 32), model size (`.keras`, and the `.tflite` the exporter
-   writes), CPU latency at batch 1 (Keras `predict_on_batch`; LiteRT through the app's `Classifier`).
+1. extraction: the frozen bottom converted to LiteRT (timed apart), then run by
+   `training.features.run_litert`, plain and with the training augmentation; the cost of an
+   image is the difference between the whole sample and its first half, so that what each call
+   pays once drops out as it does over thousands of images;
+2. phase 1: `training.head.train_head` on the sample's pooled features tiled to the size of the
+   training set, one epoch against a few more;
+3. test evaluation (`predict_on_batch`, batch 32), model size (`.keras`, and the `.tflite` the
+   exporter writes), CPU latency at batch 1 (Keras; LiteRT through the app's `Classifier`);
+4. phase 2: one epoch of `fit` on the sample's cached activations, batched by
+   `training.finetune.batches` and compiled as `fine_tune` compiles it, each step timed after a warm-up.
 
-The rates are then projected to the whole dataset for the recipe of configs/butterflies50.toml
-(the defaults of training/config.py) and for the cheaper configs/cpu-profile.toml. Phase 1 stops
-early on validation loss, phase 2 too: the projection uses their configured maximum numbers of
-epochs. To check the method, the same measurement runs on the backbones with real weights, whose
-full runs (`python -m training compare`, full recipe and profile) give measured times, epochs
-as run, and the profile's cost in test accuracy. Everything is written under bench/results/card_cost
-(git-ignored); the full mode records its section in docs/BENCHMARKS.md.
+The rates are then projected to the whole dataset for the config's recipe (configs/butterflies50.toml:
+the defaults of training/config.py) and for the cheaper configs/cpu-profile.toml. Both phases stop
+early on validation loss: the projection takes their configured maximum numbers of epochs. To
+check the method, the same measurement runs on the config's backbones, which have real weights;
+their real runs (`python -m training compare`, full recipe and profile) give measured times,
+the epochs actually run, and the profile's cost in test accuracy. Everything is written under
+bench/results/card_cost (git-ignored); the full mode records its section in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -41,16 +46,15 @@ import sys
 import time
 from pathlib import Path
 
-import sections  # bench/sections.py: this script's folder is first on sys.path
+import paths  # bench/paths.py and bench/sections.py: this script's folder is first on sys.path
+import sections
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = paths.ROOT
 sys.path.insert(0, str(ROOT))
 
-from training.config import Config, load_config  # noqa: E402  (no TensorFlow: the parent stays light)
-from training.folder import scan  # noqa: E402
+from training.config import Config, load_config  # noqa: E402  (no Keras: --help and --dry-run answer at once)
 
-CONFIG = Path("configs/butterflies50.toml")
-PROFILE = Path("configs/cpu-profile.toml")
+PROFILE = Path("configs/cpu-profile.toml")  # the cheaper recipe offered for CPUs
 WORK = Path("bench/results/card_cost")  # --quick: bench/results/card_cost-quick
 CARD = ["resnet50", "vgg16", "inceptionv3", "mobilenet"]  # the four backbones the goals are set for
 OTHERS = ["mobilenetv2", "efficientnetb0"]  # the rest of the registry, at their default widths
@@ -58,7 +62,7 @@ GOAL_CPU_S = 45 * 60  # the card's four on butterflies50, 2 CPU cores
 GOAL_GPU_S = 5 * 60  # the same on one GPU
 HEAD_BATCH = 256  # training.head.train_head's batch size
 EVAL_BATCH = 32  # training.runner.BackboneRun.step_evaluate's batch size for the test split
-WARMUP = 2  # calls before timing: the first ones trace the graph and allocate buffers
+WARMUP = 1  # calls or steps before timing: the first traces the graph and allocates buffers
 LATENCY_RUNS = 20
 
 
@@ -89,10 +93,32 @@ def median_seconds(call, runs: int) -> float:
     return float(np.median(times))
 
 
+def step_timer():
+    """A Keras callback that times each training and validation step as `fit` runs them (input
+    pipeline included), in `.seconds["train"]` and `.seconds["test"]`."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds, self.started = {"train": [], "test": []}, 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.started = time.perf_counter()
+
+        on_test_batch_begin = on_train_batch_begin
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds["train"].append(time.perf_counter() - self.started)
+
+        def on_test_batch_end(self, batch, logs=None):
+            self.seconds["test"].append(time.perf_counter() - self.started)
+
+    return StepTimer()
+
+
 def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: int, work: Path) -> dict:
     """Per-phase rates of one backbone on a sample of `images` training images (see the module doc)."""
-    import dataclasses
-
     import keras
     import numpy as np
 
@@ -101,6 +127,8 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     from training.dataset import augmentation, image_dataset
     from training.evaluate import latency_ms
     from training.features import run_litert
+    from training.finetune import batches
+    from training.folder import scan
     from training.head import train_head
     from training.losses import classification_loss, one_hot
     from training.model import bottom, build_classifier, top, unfreeze_top, with_class_maps
@@ -123,12 +151,18 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     start = time.perf_counter()
     frozen.export(str(folder / "bottom.tflite"), format="litert", verbose=False)
     convert_s = time.perf_counter() - start
+    run_litert(frozen, folder / "bottom.tflite", image_dataset(samples[:2], variant.size, 2), 2)  # warm-up
     extraction, outputs = {}, {}
     for view, augment in (("plain", None), ("augmented", augmentation(config, seed=config.seed + 1000))):
-        pixels = image_dataset(samples, variant.size, config.batch_size, augment=augment)
-        start = time.perf_counter()
-        outputs[view] = run_litert(frozen, folder / "bottom.tflite", pixels, len(samples))
-        extraction[view] = (time.perf_counter() - start) / len(samples)
+        seconds = []
+        for part in (samples[: len(samples) // 2], samples):
+            pixels = image_dataset(part, variant.size, config.batch_size, augment=augment)
+            start = time.perf_counter()
+            outputs[view] = run_litert(frozen, folder / "bottom.tflite", pixels, len(part))
+            seconds.append(time.perf_counter() - start)
+        # The marginal cost of an image: what each call pays once (loading the interpreter,
+        # starting the input pipeline) drops out, as it does over thousands of images.
+        extraction[view] = (seconds[1] - seconds[0]) / (len(samples) - len(samples) // 2)
     pooled, activations = outputs["plain"]["pooled"], outputs["plain"]["activations"]
     labels = np.array([sample.label for sample in samples], dtype="int32")
 
@@ -154,15 +188,17 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     export_s = time.perf_counter() - start
     litert_ms = 1000 * litert_latency(Classifier, folder, dataset.classes, variant, test_pixels[0])
 
-    # 4. Phase 2 steps on the cached activations, at the configured batch size.
+    # 4. Phase 2: one epoch of `fit` on the cached activations, fed as fine_tune feeds them, each step timed.
     unfreeze_top(classifier, frozen_until)
     model = top(classifier, frozen_until)
     rate = config.fine_tune_learning_rate * variant.backbone.learning_rate_scale
     model.compile(optimizer=keras.optimizers.Adam(rate), loss=classification_loss(config), metrics=["accuracy"])
-    batch = (np.resize(activations, (config.batch_size, *activations.shape[1:])).astype("float32"),
-             one_hot(np.resize(labels, config.batch_size), classifier))
-    train_step_s = median_seconds(lambda: model.train_on_batch(*batch), steps)
-    valid_step_s = median_seconds(lambda: model.test_on_batch(*batch), steps)
+    rows = config.batch_size * (WARMUP + steps)
+    data = (np.resize(activations, (rows, *activations.shape[1:])), one_hot(np.resize(labels, rows), classifier))
+    timer = step_timer()
+    model.fit(batches(data, config.batch_size, seed=config.seed), validation_data=batches(data, config.batch_size),
+              epochs=1, callbacks=[timer], verbose=0)
+    train_step_s, valid_step_s = (float(np.median(timer.seconds[kind][WARMUP:])) for kind in ("train", "test"))
 
     return {
         "spec": spec, "backbone": variant.id, "stand_in": is_stand_in(weights), "frozen_until": frozen_until,
@@ -181,7 +217,7 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     }
 
 
-def litert_latency(classifier_type, folder: Path, classes: list[str], variant, pixels) -> float:
+def litert_latency(classifier_type: type, folder: Path, classes: list[str], variant, pixels) -> float:
     """Median seconds of the app's `Classifier.predict` on one image of the exported file.
 
     The app reads a model folder: the exported file, its labels and a model card. The card's
@@ -227,42 +263,47 @@ def project(rates: dict, counts: dict, views: int, head_epochs: int, fine_tune_e
 # --- Orchestration ---------------------------------------------------------------------------------
 
 
-def run_logged(args: list[str], log_file: Path) -> float:
-    """Run a Python job from the repository root, its output to `log_file`; return its wall seconds."""
-    start = time.perf_counter()
+def run_logged(args: list[str], log_file: Path) -> None:
+    """Run a Python job from the repository root, its output to `log_file`; stop the bench if it fails."""
     with open(log_file, "w") as output:
         job = subprocess.run([sys.executable, *args], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, check=False)
     if job.returncode:
-        sys.exit(f"failed ({job.returncode}): {' '.join(args)}; see {log_file}")
-    return time.perf_counter() - start
+        sys.exit(f"failed ({job.returncode}): {' '.join(args[:3])} ...; see {paths.shown(log_file)}")
 
 
-def measure_in_process(spec: str, weights_dir: Path, images: int, steps: int, work: Path) -> dict:
+def measure_in_process(spec: str, config: Path, weights_dir: Path, images: int, steps: int, work: Path) -> dict:
     """`measure` in a fresh process (its own peak memory, no graph left from the previous one)."""
-    name = spec.replace(":", "_")
+    name = f"{spec.replace(':', '_')}-{weights_dir.name}"
     out = work / f"{name}.json"
-    log(f"  {spec} ({weights_dir})")
-    run_logged([__file__, "--measure", spec, "--weights-dir", str(weights_dir), "--images", str(images),
-                "--steps", str(steps), "--work-dir", str(work), "--out", str(out)], work / f"{name}.log")
+    log(f"  {spec}, weights from {paths.shown(weights_dir)}")
+    run_logged([__file__, "--measure", spec, "--config", str(config), "--weights-dir", str(weights_dir),
+                "--images", str(images), "--steps", str(steps), "--work-dir", str(work), "--out", str(out)],
+               work / f"{name}.log")
     return json.loads(out.read_text())
 
 
-def real_run(name: str, config_file: Path, backbones: list[str], work: Path) -> list[dict]:
-    """A real `compare` run (resumed if already done), per backbone: metrics, timing and epochs run."""
+def real_run(name: str, config: Path, options: list[str], work: Path) -> list[dict]:
+    """A real `compare` run (resumed, so skipped if already done), per backbone: its table row,
+    its timing and the epochs each phase actually ran."""
     runs, cache = work / "runs", work / "cache" / name
-    log(f"  compare --config {config_file} --run {name}")
-    run_logged(["-m", "training", "compare", "--config", str(config_file), "--backbones", ",".join(backbones),
-                "--weights-dir", str(load_config(CONFIG, {}).weights_dir), "--run", name,
-                "--output-dir", str(runs), "--cache-dir", str(cache)], work / f"{name}.log")
+    log(f"  compare --config {paths.shown(config)} --run {name}")
+    run_logged(["-m", "training", "compare", "--config", str(config), *options, "--run", name,
+                "--output-dir", paths.shown(runs), "--cache-dir", paths.shown(cache)], work / f"{name}.log")
     rows = []
     for row in json.loads((runs / name / "comparison.json").read_text()):
         folder = runs / name / row["backbone"]
         timing = json.loads((folder / "metrics.json").read_text())["timing"]
-        head_epochs = len(json.loads((folder / "state.json").read_text())["steps"]["head"]["history"]["loss"])
-        log_file = folder / "finetune_log.csv"
-        fine_tune_epochs = len(log_file.read_text().splitlines()) - 1 if log_file.is_file() else 0
-        rows.append({**row, **timing, "head_epochs": head_epochs, "fine_tune_epochs": fine_tune_epochs})
+        steps = json.loads((folder / "state.json").read_text())["steps"]
+        rows.append({**row, **timing, "head_epochs": len(steps["head"]["history"]["loss"]),
+                     "fine_tune_epochs": len(steps["fine_tune"]["history"])})
     return rows
+
+
+def check_projection(measured: dict, real: dict, config: Config) -> dict:
+    """A real run's timings beside the projection of its measured rates with the epochs it ran."""
+    projected = project(measured, measured["counts"], recipe(config)["views"], real["head_epochs"],
+                        real["fine_tune_epochs"], config.batch_size)
+    return {**real, "projected": projected}
 
 
 def minutes(seconds: float) -> str:
@@ -274,7 +315,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
                       *("| " + " | ".join(row) + " |" for row in rows)])
 
 
-def render(measured: list[dict], full: Config, profile: Config, checks: list[dict], real: dict, quick: bool) -> str:
+def render(measured: list[dict], args: argparse.Namespace, full: Config, profile: Config, checks: list[dict],
+           real: dict) -> str:
     """The Markdown section."""
     card = [m for m in measured if m["spec"] in CARD]
     counts = measured[0]["counts"]
@@ -286,7 +328,8 @@ def render(measured: list[dict], full: Config, profile: Config, checks: list[dic
         f"Measured {time.strftime('%Y-%m-%d')} on {len(os.sched_getaffinity(0))} CPU cores (shared with other "
         f"jobs: load average {os.getloadavg()[1]:.1f} over the last 5 minutes at the end), Python "
         f"{platform.python_version()}. **GPU: not measured, no GPU machine was lent to this session.** "
-        f"Reproduce: `.venv/bin/python bench/card_cost.py{' --quick' if quick else ''}`.",
+        f"Reproduce: `.venv/bin/python bench/card_cost.py --config {paths.shown(args.config)}"
+        f"{' --quick' if args.quick else ''}`.",
         "",
         "Stand-in weights (random values in Keras' file format, `python -m training stand-in-weights`): "
         "cost does not depend on the weight values, accuracy does, so **no accuracy is reported for them**.",
@@ -294,11 +337,12 @@ def render(measured: list[dict], full: Config, profile: Config, checks: list[dic
         f"Each backbone was measured in its own process on {measured[0]['images']} training images spread over "
         "the classes, through the pipeline's own code: LiteRT extraction of the frozen bottom (plain, and with "
         f"the training augmentation), phase 1 (`train_head` on the pooled features tiled to {counts['train']:,} x "
-        f"{views} vectors, 1 epoch against {1 + measured[0]['steps']}), phase 2 training and validation steps at "
-        f"batch {full.batch_size} on the cached activations ({measured[0]['steps']} timed after {WARMUP} warm-up "
-        f"steps), test evaluation (`predict_on_batch`, batch {EVAL_BATCH}). Latency: batch 1, median of "
-        f"{LATENCY_RUNS} after {WARMUP} warm-up calls; LiteRT through the app's `Classifier` (2 threads) on "
-        "the exported file (class maps included).",
+        f"{views} vectors, 1 epoch against {1 + measured[0]['steps']}), phase 2 (one epoch of `fit` on the cached "
+        f"activations at batch {full.batch_size}: median of {measured[0]['steps']} training and validation steps after "
+        f"{WARMUP} warm-up step), test evaluation (`predict_on_batch`, batch {EVAL_BATCH}). Extraction per image: "
+        "the whole sample minus its first half, after a warm-up call. Latency: batch 1, median of "
+        f"{LATENCY_RUNS}; LiteRT through the app's `Classifier` (2 threads) on the exported file (class maps "
+        "included). Noisy machine: read the figures as orders of magnitude.",
         "",
         "### Measured rates and sizes",
         table(["backbone", "frozen until", "conversion s", "extraction ms/image, plain / augmented",
@@ -316,7 +360,8 @@ def render(measured: list[dict], full: Config, profile: Config, checks: list[dic
                     for m in measured) + ", so a full run's peak memory is well above the sample process's.",
         "",
     ]
-    for title, r in ((f"full recipe ({CONFIG}, the defaults)", full_r), (f"CPU profile ({PROFILE})", profile_r)):
+    for title, r in ((f"full recipe ({paths.shown(args.config)})", full_r),
+                     (f"CPU profile ({paths.shown(args.profile)})", profile_r)):
         projected = [(m, project(m, counts, **r)) for m in measured]
         lines += [
             f"### Projected from measured rates: {title}",
@@ -372,59 +417,64 @@ def render(measured: list[dict], full: Config, profile: Config, checks: list[dic
     return "\n".join(lines).rstrip()
 
 
-def main(args: argparse.Namespace) -> None:
-    os.chdir(ROOT)  # the config's paths are relative to the repository root, as for `make run`
-    full, profile = load_config(CONFIG, {}), load_config(PROFILE, {})
+def benchmark(args: argparse.Namespace, data: Path, weights: Path | None) -> None:
+    """Measure every backbone, run the real comparisons, print the section and (full mode) record it."""
+    full, profile = load_config(args.config, {}), load_config(args.profile, {"data": str(data)})
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
     specs = ["mobilenet:0.25"] if args.quick else CARD + OTHERS
-    real_specs = [] if args.quick else full.backbones
     stand_ins = work / "weights"
-    log(f"stand-in weights for {', '.join(specs)} -> {stand_ins}")
+    log(f"stand-in weights for {', '.join(specs)} in {paths.shown(stand_ins)}")
     run_logged(["-m", "training", "stand-in-weights", str(stand_ins), "--backbones", ",".join(specs)],
                work / "stand-in-weights.log")
     log(f"measuring {args.images} images, {args.steps} steps per backbone")
-    measured = [measure_in_process(spec, stand_ins, args.images, args.steps, work) for spec in specs]
+    measured = [measure_in_process(spec, args.config, stand_ins, args.images, args.steps, work) for spec in specs]
     checks, real = [], {}
-    if real_specs:
-        checks = [measure_in_process(spec, Path(full.weights_dir), args.images, args.steps, work) for spec in real_specs]
-        real = {"full": real_run("full", CONFIG, real_specs, work),
-                "profile": real_run("cpu-profile", PROFILE, real_specs, work)}
+    if weights is not None and not args.quick:
+        log("the backbones with real weights: the same measurement, then the full recipe and the profile for real")
+        rates = [measure_in_process(spec, args.config, weights, args.images, args.steps, work) for spec in full.backbones]
+        options = ["--data", paths.shown(data), "--backbones", ",".join(full.backbones), "--weights-dir", paths.shown(weights)]
+        real = {"full": real_run("full", args.config, options, work),
+                "profile": real_run("cpu-profile", args.profile, options, work)}
         by_backbone = {row["backbone"]: row for row in real["full"]}
-        checks = [{**by_backbone[c["backbone"]], "projected": project(
-            c, c["counts"], full.augment_views, by_backbone[c["backbone"]]["head_epochs"],
-            by_backbone[c["backbone"]]["fine_tune_epochs"], full.batch_size)} for c in checks]
-    results = {"measured": measured, "checks": checks, "real": real}
-    (work / "card_cost.json").write_text(json.dumps(results, indent=2))
-    section = render(measured, full, profile, checks, real, args.quick)
+        checks = [check_projection(m, by_backbone[m["backbone"]], full) for m in rates]
+    (work / "card_cost.json").write_text(json.dumps({"measured": measured, "checks": checks, "real": real}, indent=2))
+    section = render(measured, args, full, profile, checks, real)
     print(section)
     if not args.quick:
         sections.record("card_cost", section)
-        log(f"recorded in {sections.BENCHMARKS.relative_to(ROOT)}")
+        log(f"recorded in {paths.shown(sections.BENCHMARKS)}")
 
 
-def parse_args() -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    paths.add_options(parser)
+    parser.add_argument("--profile", type=Path, default=PROFILE,
+                        help="the cheaper recipe projected beside the config's (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one backbone, few images, nothing recorded")
-    parser.add_argument("--images", type=int, help="training images measured per backbone (default 128; quick 8)")
+    parser.add_argument("--images", type=int, help="training images measured per backbone (default 64; quick 32)")
     parser.add_argument("--steps", type=int, help="timed steps per phase (default 3; quick 2)")
     parser.add_argument("--work-dir", type=Path, help=f"where everything is written (default {WORK}[-quick])")
     parser.add_argument("--measure", metavar="BACKBONE", help=argparse.SUPPRESS)  # one backbone, in a child process
     parser.add_argument("--weights-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    args.images = args.images or (8 if args.quick else 128)
+    args = parser.parse_args(argv)
+    args.images = args.images or (32 if args.quick else 64)
     args.steps = args.steps or (2 if args.quick else 3)
-    args.work_dir = (args.work_dir or ROOT / f"{WORK}{'-quick' if args.quick else ''}").resolve()
-    return args
+    args.work_dir = Path(os.path.abspath(ROOT / (args.work_dir or f"{WORK}{'-quick' if args.quick else ''}")))
+    os.chdir(ROOT)  # the config's paths are relative to the repository root, as for `make run`
+    if args.measure:
+        result = measure(args.measure, load_config(args.config, {}), args.weights_dir, args.images, args.steps,
+                         args.work_dir)
+        args.out.write_text(json.dumps(result, indent=2))
+        return
+    data = paths.folder(args.config, "data")
+    weights = paths.folder(args.config, "weights_dir", required=False)
+    log(f"{paths.shown(args.config)}: data {paths.shown(data)}, weights {paths.shown(weights) if weights else 'none here'}; "
+        f"profile {paths.shown(args.profile)}; results in {paths.shown(args.work_dir)}")
+    if not args.dry_run:
+        benchmark(args, data, weights)
 
 
 if __name__ == "__main__":
-    arguments = parse_args()
-    if arguments.measure:
-        os.chdir(ROOT)
-        result = measure(arguments.measure, load_config(CONFIG, {}), arguments.weights_dir, arguments.images,
-                         arguments.steps, arguments.work_dir)
-        arguments.out.write_text(json.dumps(result, indent=2))
-    else:
-        main(arguments)
+    main()
