@@ -95,6 +95,7 @@ ROWS = [  # (arguments, phrase the error names)
     (["export", "--model", "{model}", "--quantize", "int4"], "argument --quantize: invalid choice: 'int4'"),
     # stand-in-weights: where they go.
     (["stand-in-weights", "{file}/weights"], "DIR {file}/weights: {file} is a file, not a folder"),
+    (["stand-in-weights", "{tmp}/weights", "--seed", "-1"], "--seed must be from 0 to 2**32 - 1, not -1"),
 ]
 
 

@@ -135,6 +135,8 @@ def check_options(args: argparse.Namespace) -> None:
                 model_file(args.model, name, "--model")
         check_writable(args.out or "saved_models/deploy", "--out")
     elif args.command == "stand-in-weights":
+        if not 0 <= args.seed < 2**32:
+            raise ConfigError(f"--seed must be from 0 to 2**32 - 1, not {args.seed}")
         check_writable(args.folder, "DIR")
 
 
@@ -144,12 +146,12 @@ def model_file(folder: str, name: str, option: str) -> Path:
 
     path = Path(folder) / name
     if not path.is_file():
-        raise ConfigError(f"{option} {folder}: no {name} here; expected a folder written by "
-                          "`python -m training compare`, e.g. saved_models/<run>/<backbone>")
+        raise ConfigError(f"{option} {folder}: no {name} here; expected a folder written by `python -m training compare`")
     return path
 
 
 def read_json_option(path: str | Path, option: str) -> Any:
+    """The JSON file an option names, or the error saying why it cannot be read."""
     from training.config import ConfigError
 
     try:
