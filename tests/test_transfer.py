@@ -1,0 +1,119 @@
+"""The ImageNet transfer path for every registry backbone, offline, on stand-in weights.
+
+A folder of weight files in Keras' format -> `weights_dir` -> the frozen bottom run through
+LiteRT -> phase 1 -> phase 2 above `frozen_until` -> evaluation -> export -> the app's
+`Classifier`. Stand-in weights are random (`training.standin`): these tests check that the path
+works and agrees with itself at every hand-over, not what it learns. Images are as small as each
+backbone allows (InceptionV3 needs 75 pixels, the others 32) and epochs as few as reach phase 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from shapes import make_dataset
+
+from app.inference import Classifier
+from runtime import imaging
+from training.artifacts import read_json
+from training.backbones import REGISTRY, build_base, parse_variant
+from training.config import Config
+from training.export import export
+from training.finetune import read_history
+from training.folder import scan
+from training.model import bottom, build_classifier, head, top
+from training.runner import compare
+from training.standin import STAND_IN, is_stand_in, write_all, write_stand_in_weights
+
+SMALLEST = {"inceptionv3": 75}  # input size per backbone; the others take 32
+
+
+def smallest_variant(name: str):
+    return parse_variant(name, SMALLEST.get(name, 32))
+
+
+@pytest.fixture(scope="session")
+def stand_in_dir(tmp_path_factory) -> Path:
+    """Stand-in weights of every registry backbone (ResNet50 alone is 90 MB): once per session."""
+    folder = tmp_path_factory.mktemp("stand-in-weights")
+    write_all(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def transfer_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("transfer") / "shapes", counts=(4, 2, 2))
+
+
+def test_stand_in_files_load_through_keras_and_are_marked(stand_in_dir, tmp_path):
+    """Keras' own loader takes the file; the same seed writes the same weights; the file says what it is."""
+    variant = parse_variant("mobilenet:0.25")
+    path = write_stand_in_weights(variant, tmp_path)
+    assert path == tmp_path / "mobilenet_2_5_224_tf_no_top.h5" and is_stand_in(path)
+    with h5py.File(path, "r") as file:
+        assert "accuracy meaningless" in file.attrs[STAND_IN]
+    again = write_stand_in_weights(variant, tmp_path / "again")
+    assert again.read_bytes() == path.read_bytes()
+    keras.utils.set_random_seed(1)  # a different initialisation, then the file's weights
+    loaded = build_base(variant, path)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    for saved, fresh in zip(loaded.get_weights(), build_base(variant, None).get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, fresh)
+    assert sorted(p.name for p in stand_in_dir.iterdir()) == sorted(parse_variant(n).weights_file for n in REGISTRY)
+    assert not is_stand_in(None) and not is_stand_in(Path(__file__))
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_bottom_then_top_is_the_classifier(name, stand_in_dir):
+    """Cutting the model at `frozen_until` loses nothing: top(bottom(x)) and head(pooled) are the model."""
+    variant = smallest_variant(name)
+    classifier = build_classifier(variant, 3, stand_in_dir / variant.weights_file, dropout=0.2)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, variant.size, variant.size, 3)).astype("float32")
+    expected = classifier(pixels, training=False).numpy()
+    outputs = bottom(classifier, variant.backbone.frozen_until)(pixels)
+    np.testing.assert_allclose(top(classifier, variant.backbone.frozen_until)(outputs["activations"]), expected,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head(classifier)(outputs["pooled"]), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_transfer_from_a_weights_folder_to_the_app(name, stand_in_dir, transfer_data, tmp_path):
+    """The whole ImageNet path on stand-in weights, ending in the app's own code on the export."""
+    variant = smallest_variant(name)
+    config = Config(data=str(transfer_data), run="transfer", output_dir=str(tmp_path / "runs"),
+                    cache_dir=str(tmp_path / "cache"), backbones=[name], weights_dir=str(stand_in_dir),
+                    image_size=variant.size, head_epochs=2, fine_tune_epochs=1, extract_engine="litert")
+    [row] = compare(config)
+    folder = tmp_path / "runs" / "transfer" / variant.id
+    resolved = read_json(folder / "config.json")
+    frozen_until = variant.backbone.frozen_until
+    assert resolved["weights"] == str(stand_in_dir / variant.weights_file)
+    assert resolved["frozen_until"] == frozen_until
+    assert len(list((tmp_path / "cache").glob(f"{variant.id}-bottom-*.tflite"))) == 1  # extracted by LiteRT
+    assert len(read_history(folder / "finetune_log.csv")) == 1  # phase 2 ran its epoch
+
+    # Phase 2 trained above frozen_until only: below it, the weights are still the file's.
+    model = keras.models.load_model(folder / "model.keras")
+    trained, loaded = model.get_layer("backbone"), build_base(variant, stand_in_dir / variant.weights_file)
+    cut = [layer.name for layer in loaded.layers].index(frozen_until)
+    for before, after in zip(loaded.layers[: cut + 1], trained.layers[: cut + 1], strict=True):
+        for saved, kept in zip(before.get_weights(), after.get_weights(), strict=True):
+            np.testing.assert_array_equal(saved, kept)
+    above = sum(layer.count_params() for layer in loaded.layers[cut + 1:]
+                if not isinstance(layer, keras.layers.BatchNormalization))  # BatchNorm stays frozen
+    assert row["params_trainable"] == above + model.get_layer("logits").count_params()
+
+    # Export, then the app: its decoder and the exported file agree with the Keras model.
+    card = export(folder, "float32", tmp_path / "deploy" / variant.id)
+    assert card["litert_metrics"]["top1"] == pytest.approx(card["metrics"]["top1"])
+    classifier = Classifier(tmp_path / "deploy" / variant.id)
+    samples = scan(transfer_data).splits["test"]
+    served = np.stack([classifier.predict(imaging.load_pixels(s.path, classifier.input_size)).probabilities
+                       for s in samples])
+    pixels = np.stack([imaging.load_pixels(s.path, (variant.size, variant.size)) for s in samples]).astype("float32")
+    np.testing.assert_allclose(served, model.predict(pixels, verbose=0), atol=1e-3)
