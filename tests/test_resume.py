@@ -1,4 +1,5 @@
-"""Interrupted runs: killed with SIGKILL mid fine-tuning, the same command resumes and finishes."""
+"""Interrupted runs: killed with SIGKILL mid fine-tuning or between any two steps, the same
+command resumes and finishes with the result of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import sys
 import time
 
 import keras
+import numpy as np
 from shapes import ROOT, make_dataset
 
+from training.config import Config
+from training.runner import STEPS, compare
+
 ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "5",
-        "--fine-tune-epochs", "40", "--run", "resumable"]
+        "--fine-tune-epochs", "10", "--run", "resumable"]
 
 
 def command(data, out) -> list[str]:
@@ -51,15 +56,15 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     first.send_signal(signal.SIGKILL)  # no chance to clean up: like a power cut
     first.wait()
     killed_after = epochs_logged(log)
-    assert 3 <= len(killed_after) < 40, "the run must be killed mid fine-tuning"
+    assert 3 <= len(killed_after) < 10, "the run must be killed mid fine-tuning"
     assert not (folder / "metrics.json").exists()
 
     second = run(command(data, out))
     assert second.returncode == 0, second.stdout + second.stderr
     assert "phase 1 already done" in second.stdout
     logged = epochs_logged(log)
-    assert sorted(set(logged)) == list(range(40))  # every epoch, once finished
-    assert len(logged) <= 41  # resumed, not restarted: at most the epoch cut short runs twice
+    assert sorted(set(logged)) == list(range(10))  # every epoch, once finished
+    assert len(logged) <= 11  # resumed, not restarted: at most the epoch cut short runs twice
     assert logged[len(killed_after)] >= len(killed_after) - 1
 
     # No temporary or corrupt file anywhere; every result reads back.
@@ -68,8 +73,40 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
         json.loads(path.read_text())
     keras.models.load_model(folder / "model.keras")
 
-    third = run(command(data, out))
-    assert third.returncode == 0 and "already trained" in third.stdout
+
+def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_path):
+    """One run per boundary, each killed there (right before, then right after, a step is
+    recorded), the next one resuming; then a last run. Same table as one uninterrupted run."""
+    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
+    reference = compare(Config(data=str(data), run="reference", output_dir=str(tmp_path / "runs"),
+                               cache_dir=str(tmp_path / "reference-cache"), backbones=["vgg16"], weights="none",
+                               image_size=32, head_epochs=4, fine_tune_epochs=2, augment=False, batch_size=8))
+    args = ["compare", "--data", str(data), "--run", "killed", "--output-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--backbones", "vgg16", "--weights", "none", "--image-size", "32",
+            "--head-epochs", "4", "--fine-tune-epochs", "2", "--no-augment", "--batch-size", "8"]
+    folder = tmp_path / "runs" / "killed" / "vgg16"
+    points = [f"{moment}:{step}" for step in STEPS for moment in ("before", "after")]
+    chain = run([sys.executable, str(ROOT / "tests" / "kill_chain.py"), str(folder / "state.json"), ",".join(points),
+                 *args])
+    assert chain.returncode == 0, chain.stdout[-3000:] + chain.stderr[-3000:]
+    expected = [{"kill_at": f"{moment}:{step}", "status": -signal.SIGKILL,
+                 "recorded": list(STEPS[:number + (moment == "after")])}
+                for number, step in enumerate(STEPS) for moment in ("before", "after")]
+    assert json.loads(chain.stdout.splitlines()[-1]) == expected, chain.stdout[-3000:] + chain.stderr[-3000:]
+
+    last = run([sys.executable, "-m", "training", *args])
+    assert last.returncode == 0, last.stdout + last.stderr
+    assert "already trained" in last.stdout  # the last kill came right after the last step was recorded
+    columns = ("backbone", "top1", "top5", "macro_f1")
+    resumed = json.loads((folder.parent / "comparison.json").read_text())
+    assert [{c: row[c] for c in columns} for row in resumed] == [{c: row[c] for c in columns} for row in reference]
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.models.load_model(folder / "model.keras").predict(pixels, verbose=0),
+                               keras.models.load_model(tmp_path / "runs" / "reference" / "vgg16" / "model.keras")
+                               .predict(pixels, verbose=0), atol=1e-5)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    for path in folder.parent.rglob("*.json"):
+        json.loads(path.read_text())
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, trained_run):

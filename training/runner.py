@@ -177,7 +177,16 @@ class BackboneRun:
         self.settings, self.strategy = settings, strategy
         self.folder = config.run_dir / variant.id
         self.state_path = self.folder / "state.json"
-        self.done: dict[str, dict] = read_json(self.state_path)["steps"] if self.state_path.is_file() else {}
+        self.done: dict[str, dict] = self.read_state()
+
+    def read_state(self) -> dict[str, dict]:
+        """The steps done, by step; a folder trained before state.json existed, with its metrics.json
+        (then written last), counts as finished."""
+        if self.state_path.is_file():
+            return read_json(self.state_path)["steps"]
+        if (self.folder / "metrics.json").is_file():
+            return {"evaluate": {"summary": read_json(self.folder / "metrics.json")["summary"]}}
+        return {}
 
     def train(self) -> dict:
         """Run the steps not done yet; returns the backbone's row of the comparison table."""
