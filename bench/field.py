@@ -20,7 +20,8 @@ without the second look (`runtime.second_look`):
   known photos answered, the accuracy of those answers, the share of unknown ones answered
   "not sure"; latency per photo (decode + LiteRT passes, median);
 - with `--study`, the augmentation study: a linear head on frozen features of butterflies50
-  train plus one view per recipe of `training.field_augment`, same seed, on test and leeds-field.
+  train plus one view per recipe of `training.field_augment` (of 30 images per class; the
+  promising ones again of every image), same seed, on test and leeds-field.
 
 leeds-field is only ever measured, never trained on.
 """
@@ -54,7 +55,8 @@ WORK = Path("bench/results/field")
 TRAINED = Path("bench/results/card_cost/runs/full")  # a full `make run`-like run, when there is one
 FROZEN = "mobilenetv2:0.5"  # the pilot of FACTS: frozen ImageNet features + a linear head
 RECIPES = ["affine", "zoom_out", "crop", "colour", "field"]  # one augmented view each in the study
-VIEW_PER_CLASS = 30  # augmented views of this many training images per class: the study's CPU budget
+VIEW_PER_CLASS = 30  # the study's views are of this many training images per class (its CPU budget)...
+ALL_IMAGES = ["zoom_out", "field"]  # ...except these recipes, measured again with a view of every training image
 SEED = 1337
 FOLDS, HELD_OUT = 5, 10
 SCORES = ["max_softmax", "max_logit", "energy", "knn", "mahalanobis"]
@@ -264,16 +266,16 @@ def augmented_images(paths: list[Path], size: int, recipe: str, seed: int) -> Ca
     return view
 
 
-def view_subset(split: Split) -> Split:
-    """The first `VIEW_PER_CLASS` training images of each class: the images augmented views are made of."""
-    keep = np.concatenate([np.flatnonzero(split.labels == c)[:VIEW_PER_CLASS] for c in np.unique(split.labels)])
+def view_subset(split: Split, per_class: int | None) -> Split:
+    """The first `per_class` training images of each class (None: all), which a view is made of."""
+    keep = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in np.unique(split.labels)])
     keep.sort()
     return Split([split.paths[i] for i in keep], split.labels[keep])
 
 
-def view_features(model: Model, split: Split, recipe: str, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and labels of one augmented view of `view_subset(split)`."""
-    subset = view_subset(split)
+def view_features(model: Model, split: Split, recipe: str, per_class: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features and labels of one augmented view of `view_subset(split, per_class)`."""
+    subset, seed = view_subset(split, per_class), SEED
     images = augmented_images(subset.paths, model.size, recipe, seed)
     features = cached(WORK / "cache" / model.key / f"train-{recipe}-{seed}-{files_key(subset.paths)}.npy",
                       lambda: pooled_features(model, images, len(subset.paths), f"train view {recipe}"))
@@ -291,11 +293,12 @@ def field_first_pass(model: Model, photos: list[FieldPhoto]) -> np.ndarray:
 # --- The augmentation study -----------------------------------------------------------------------
 
 
-def augmented_head(model: Model, split: Split, train: np.ndarray, recipe: str) -> Head:
-    """A head fitted on the plain training features plus one `recipe` view ("plain": none)."""
+def augmented_head(model: Model, split: Split, train: np.ndarray, recipe: str, per_class: int | None = None) -> Head:
+    """A head fitted on the plain training features plus one `recipe` view of `per_class`
+    images per class (None: all; "plain": no view)."""
     if recipe == "plain":
         return fit_head(train, split.labels)
-    views, labels = view_features(model, split, recipe)
+    views, labels = view_features(model, split, recipe, per_class)
     return fit_head(np.concatenate([train, views]), np.concatenate([split.labels, labels]))
 
 
@@ -307,11 +310,11 @@ def study(model: Model, splits: dict[str, Split], photos: list[FieldPhoto]) -> l
     field_labels = np.array([photo.label for photo in photos])
     known = field_labels >= 0
     rows = []
-    for recipe in ["plain", *RECIPES]:
-        log(f"  head on plain + {recipe}")
-        head = augmented_head(model, splits["train"], train, recipe)
+    for recipe, per_class in [("plain", None), *((r, VIEW_PER_CLASS) for r in RECIPES), *((r, None) for r in ALL_IMAGES)]:
+        log(f"  head on plain + {recipe} ({per_class or 'all'} per class)")
+        head = augmented_head(model, splits["train"], train, recipe, per_class)
         rows.append({
-            "recipe": recipe,
+            "recipe": recipe, "views": "none" if recipe == "plain" else f"{per_class} per class" if per_class else "every image",
             "test_top1": float(np.mean(head.logits(test).argmax(1) == splits["test"].labels)),
             "field_top1": float(np.mean(head.logits(field_pooled[known]).argmax(1) == field_labels[known])),
         })
@@ -503,9 +506,10 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
              f"one image is 0.4 points).\n"]
     if study_rows:
         lines += [f"### Training augmentation (frozen features + linear head; plain train features + one view of "
-                  f"{VIEW_PER_CLASS} images per class per recipe, same seed)\n",
-                  "| training features | butterflies50 test top-1 | leeds-field known top-1 |", "| --- | --- | --- |"]
-        lines += [f"| plain{'' if r['recipe'] == 'plain' else ' + ' + r['recipe']} | {percent(r['test_top1'])} | "
+                  f"{VIEW_PER_CLASS} images per class, or of every image, same seed)\n",
+                  "| training features | augmented view of | butterflies50 test top-1 | leeds-field known top-1 |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| plain{'' if r['recipe'] == 'plain' else ' + ' + r['recipe']} | {r['views']} | {percent(r['test_top1'])} | "
                   f"{percent(r['field_top1'])} |" for r in study_rows]
         lines.append("")
     lines += ["### Per model, without / with the second look\n",
@@ -548,7 +552,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trained", type=Path, nargs="*", default=None,
                         help=f"trained backbone folders (default: those under {TRAINED} with a model.keras)")
     parser.add_argument("--frozen", default=FROZEN, help="the frozen ImageNet backbone of the pilot ('' for none)")
-    parser.add_argument("--recipe", default="field", help="the augmentation view added to the frozen pilot's second head")
+    parser.add_argument("--recipes", nargs="*", default=ALL_IMAGES,
+                        help="augmentation views (of every training image) added to the frozen pilot's further heads")
     parser.add_argument("--study", action="store_true", help="also run the augmentation study (one view per recipe)")
     parser.add_argument("--limit", type=int, default=None, help="at most this many images per class and split (smoke runs)")
     parser.add_argument("--no-record", action="store_true", help="print the section instead of recording it")
@@ -564,7 +569,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.study:
             study_rows = study(model, splits, photos)
         train = split_features(model, splits["train"], "train")
-        for recipe in dict.fromkeys(["plain", args.recipe]):
+        for recipe in dict.fromkeys(["plain", *args.recipes]):
             head = augmented_head(model, splits["train"], train, recipe)
             results.append(evaluate(model, head, splits, photos, f"{model.name}, {recipe}"))
     folders = args.trained if args.trained is not None else sorted(p.parent for p in TRAINED.glob("*/model.keras"))

@@ -101,6 +101,18 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert field.evaluate(model, field.fit_head(train, splits["train"].labels), splits, photos, "again")["model"] == "again"
 
 
+def test_the_augmentation_study_compares_recipes_side_by_side(data, monkeypatch):
+    splits, photos = data
+    monkeypatch.setattr(field, "RECIPES", ["zoom_out", "colour"])
+    monkeypatch.setattr(field, "ALL_IMAGES", ["zoom_out"])
+    monkeypatch.setattr(field, "VIEW_PER_CLASS", 3)
+    rows = field.study(colour_model(), splits, photos)
+    assert [(r["recipe"], r["views"]) for r in rows] == [
+        ("plain", "none"), ("zoom_out", "3 per class"), ("colour", "3 per class"), ("zoom_out", "every image")]
+    assert all(0 <= r["field_top1"] <= 1 and r["test_top1"] > 0.5 for r in rows)
+    assert "| plain + zoom_out | every image |" in field.report(rows, [], "bench/field.py")
+
+
 @pytest.mark.parametrize("recipe", ["zoom_out", "crop", "colour", "blur", "field"])
 def test_views_are_deterministic_per_seed(recipe):
     rng = np.random.default_rng(0)
