@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from shapes import make_dataset
 
@@ -76,6 +77,13 @@ def plain_run(out: Outcome) -> None:
         assert not (out.places["cwd"] / "runs2" / "data" / backbone / "finetune_log.csv").exists()
     bottoms = list((out.places["cwd"] / ".cache" / "features").glob("mobilenet_0.25-bottom-*.tflite"))
     assert len(bottoms) == 1  # --extract-engine litert: the frozen bottom runs as a LiteRT file
+    # The file was really used: phase 1 alone leaves the backbone exactly as the file had it.
+    standin = keras.applications.MobileNet(alpha=0.25, include_top=False, input_shape=(32, 32, 3), weights=mobilenet["weights"])
+    model = keras.models.load_model(out.places["cwd"] / "runs2" / "data" / "mobilenet_0.25" / "model.keras")
+    backbone = model.get_layer("backbone")
+    for name in ("conv1", "conv_pw_13"):
+        for saved, loaded in zip(backbone.get_layer(name).get_weights(), standin.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(saved, loaded)
 
 
 def stand_in(out: Outcome) -> None:
