@@ -11,11 +11,13 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from shapes import ROOT, make_dataset, run_cli
+from shapes import CLASSES, ROOT, make_dataset, run_cli
 
 from training.backbones import REGISTRY, BackboneError, parse_variant, preprocessing_layers, resolve_weights
-from training.runner import compare
 from training.config import Config, ConfigError, load_config
+from training.export import export
+from training.folder import SPLITS
+from training.runner import compare
 
 
 def test_every_backbone_end_to_end(tmp_path):
@@ -208,3 +210,23 @@ def test_mixed_precision_and_mirrored_strategy_run_end_to_end(tmp_path):
     model = keras.models.load_model(folder / "model.keras")
     assert model.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"  # computes in float16
     assert model.output.dtype == "float32"  # while the probabilities stay float32
+
+
+def test_nested_class_folders_train_and_export_with_their_labels(tmp_path):
+    """An image in a subfolder of its class folder still belongs to that class: in run.json's
+    labels, and so in the export's own test (LiteRT scores the same as Keras) and samples."""
+    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
+    for image in sorted(data.glob("*/*/*.jpg"))[::2]:  # every other image, one folder down
+        (image.parent / "more").mkdir(exist_ok=True)
+        image.rename(image.parent / "more" / image.name)
+    compare(Config(data=str(data), run="nested", output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
+                   backbones=["vgg16"], weights="none", image_size=32, head_epochs=3, fine_tune=False))
+    run = json.loads((tmp_path / "runs" / "nested" / "run.json").read_text())
+    assert any("/more/" in path for path in run["splits"]["test"])
+    for split in SPLITS:  # the class is the folder right under the split, however deep the image
+        assert run["labels"][split] == [path.split(f"/{split}/")[1].split("/")[0] for path in run["splits"][split]]
+
+    card = export(tmp_path / "runs" / "nested" / "vgg16", "float32", tmp_path / "deploy" / "vgg16")
+    assert card["classes"] == sorted(CLASSES) and card["test_images"] == 6
+    assert card["litert_metrics"] == pytest.approx(card["metrics"], abs=1e-6)
+    assert {p.stem for p in (tmp_path / "deploy" / "samples").iterdir()} == set(CLASSES)
