@@ -2,6 +2,10 @@
 
 The resolved `Config` is saved next to every trained model, so a result always says exactly
 how it was made, and a rerun of the same command can tell whether it may resume.
+
+Every setting is checked before any work, by name: its type (a TOML string where a number
+belongs), its range, the backbones against the registry, and the places results go. A bad one
+is a `ConfigError` that says which setting, from where (the file or the options), and why.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class Config:
     backbones: list[str] = field(default_factory=lambda: ["resnet50", "vgg16", "inceptionv3", "mobilenet"])
 
     # Starting weights: "imagenet", "none", or a weights file; `weights_dir` holds Keras' files
-    # by their Keras names (offline); `weight_files` maps a backbone id to its own file.
+    # by their Keras names (offline); `weight_files` maps a backbone to its own file (keyed by
+    # variant id, e.g. `mobilenet_0.25`; `load_config` accepts `mobilenet:0.25` too).
     weights: str = "imagenet"
     weights_dir: str | None = None
     weight_files: dict[str, str] = field(default_factory=dict)
