@@ -27,7 +27,7 @@ from training.finetune import read_history
 from training.folder import scan
 from training.model import bottom, build_classifier, head, top
 from training.runner import compare
-from training.standin import STAND_IN, is_stand_in, write_all, write_stand_in_weights
+from training.standin import LABEL, STAND_IN, is_stand_in, write_all, write_stand_in_weights
 
 SMALLEST = {"inceptionv3": 75}  # input size per backbone; the others take 32
 
@@ -96,6 +96,8 @@ def test_transfer_from_a_weights_folder_to_the_app(name, stand_in_dir, transfer_
     assert resolved["frozen_until"] == frozen_until
     assert len(list((tmp_path / "cache").glob(f"{variant.id}-bottom-*.tflite"))) == 1  # extracted by LiteRT
     assert len(read_history(folder / "finetune_log.csv")) == 1  # phase 2 ran its epoch
+    # Random weights: the table says its accuracy is meaningless.
+    assert row["stand_in_weights"] and f"**{LABEL}**: {variant.id}" in (folder.parent / "comparison.md").read_text()
 
     # Phase 2 trained above frozen_until only: below it, the weights are still the file's.
     model = keras.models.load_model(folder / "model.keras")

@@ -17,15 +17,17 @@ import numpy as np
 
 from training.artifacts import save_figure, write_csv, write_json, write_text
 from training.folder import SPLITS, ImageFolder
+from training.standin import LABEL as STAND_IN_LABEL
 
 COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "params_total", "params_trainable",
-           "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms", "best"]
+           "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms", "stand_in_weights", "best"]
 
 
 def rank(rows: list[dict]) -> list[dict]:
     """The summaries best first (test top-1, then macro-F1), with their rank and the best one marked."""
     rows = sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
-    rows = [{"rank": i + 1, **row, "best": i == 0} for i, row in enumerate(rows)]
+    # Summaries from before stand-in weights were recorded lack the key: those runs never used them.
+    rows = [{"rank": i + 1, "stand_in_weights": False, **row, "best": i == 0} for i, row in enumerate(rows)]
     return [{column: row[column] for column in COLUMNS} for row in rows]
 
 
@@ -48,7 +50,9 @@ def comparison_markdown(rows: list[dict]) -> str:
         f"| {r['phase1_s']:.0f} | {r['phase2_s']:.0f} | {r['latency_ms']:.1f} |"
         for r in rows
     ]
-    return header + "\n".join(lines) + "\n"
+    stand_ins = [r["backbone"] for r in rows if r["stand_in_weights"]]
+    warning = f"\n**{STAND_IN_LABEL}**: {', '.join(stand_ins)}\n" if stand_ins else ""
+    return header + "\n".join(lines) + "\n" + warning
 
 
 def plot_comparison(path: Path, rows: list[dict]) -> None:
@@ -59,7 +63,8 @@ def plot_comparison(path: Path, rows: list[dict]) -> None:
         axes.bar(positions + offset, [r[key] for r in rows], width=0.25, label=key)
     axes.set_xticks(positions, [r["backbone"] + (" (best)" if r["best"] else "") for r in rows])
     axes.set_ylim(min(0.5, min(r["top1"] for r in rows) - 0.05), 1.0)
-    axes.set_title("Backbones on the test split")
+    stand_in = any(r["stand_in_weights"] for r in rows)
+    axes.set_title("Backbones on the test split" + (f"\n{STAND_IN_LABEL}" if stand_in else ""))
     axes.legend()
     save_figure(path, figure)
 

@@ -53,6 +53,7 @@ from training.folder import SPLITS, ImageFolder, scan
 from training.head import train_head
 from training.model import bottom, build_classifier, head
 from training.report import plot_dataset, write_comparison
+from training.standin import is_stand_in
 
 # Settings that do not change a backbone's result, so a resumed run may differ in them.
 NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
@@ -284,6 +285,7 @@ class BackboneRun:
             "phase1_s": timing["phase1_s"], "phase2_s": timing["phase2_s"],
             "train_s": timing["phase1_s"] + timing["phase2_s"],
             "latency_ms": latency_ms(classifier, next(iter(test))[0].numpy()),
+            "stand_in_weights": is_stand_in(self.weights),  # random weights: accuracy meaningless
         }
         write_json(folder / "metrics.json", {"summary": summary, "test": scores, "timing": timing})
         print(f"  test top-1 {scores['top1']:.3f}, top-5 {scores['top5']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
