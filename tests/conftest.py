@@ -22,8 +22,8 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     and rate of training from scratch: at the defaults tuned for ImageNet weights (batch 64,
     lr 2e-4) one step per epoch swings test top-1 between 0.33 and 1.0 across seeds; at batch 32
     and 1e-4 nine seeds out of nine reached 1.0."""
-    from training.runner import compare
     from training.config import Config
+    from training.runner import compare
 
     out = tmp_path_factory.mktemp("runs")
     config = Config(data=str(tiny_dataset), run="shapes", output_dir=str(out), cache_dir=str(out / "cache"),

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from shapes import BUTTERFLIES, WEIGHTS
 
-from training.runner import compare
 from training.config import Config
+from training.runner import compare
 
 CLASSES = 10
 TRAIN_PER_CLASS = 30
