@@ -466,6 +466,7 @@ def measure(model: Model, head: Head, splits: dict[str, Split], photos: list[Fie
     passes = field_pass(model, head, scorer, photos)
     labels = np.array([photo.label for photo in photos])
     known = labels >= 0
+    test_scores = scorer.scores(test[0])
     for look_name, second in (("first", None), ("second", passes["second"])):
         answers, scores = look_scores(scorer, passes["full"], second)
         answered = scores[default] >= result["threshold"]
@@ -473,6 +474,8 @@ def measure(model: Model, head: Head, splits: dict[str, Split], photos: list[Fie
             "field_top1": float(np.mean(answers[known] == labels[known])),
             "unknown": {name: {"auroc": unknown.auroc(s[known], s[~known]), "fpr95": unknown.fpr_at_tpr(s[known], s[~known])}
                         for name, s in scores.items()},
+            "unknown_vs_test": {name: {"auroc": unknown.auroc(test_scores[name], s[~known]),
+                                       "fpr95": unknown.fpr_at_tpr(test_scores[name], s[~known])} for name, s in scores.items()},
             "answered_known": float(np.mean(answered[known])),
             "answered_right": float(np.mean(answers[known & answered] == labels[known & answered]))
             if np.any(answered[known]) else 0.0,
@@ -520,15 +523,15 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
                      f"({r['temperature']:.2f}) | {percent(r['first']['field_top1'])} / {percent(r['second']['field_top1'])} | "
                      f"{percent(r['in_mask'])} | {percent(r['cropped'])} | {r['first_ms']:.0f} / {r['total_ms']:.0f} ms |")
     lines += ["", "### Unknown-species scores: AUROC / FPR@95TPR\n",
-              "| model | score | leave-species-out | leeds-field unknown, first look | with second look |",
-              "| --- | --- | --- | --- | --- |"]
+              "| model | score | leave-species-out | leeds-field unknown vs known, first look | with second look "
+              "| leeds-field unknown vs butterflies50 test, first look | with second look |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for name, s in r["species_out"].items():
-            first, second = r["first"]["unknown"][name], r["second"]["unknown"][name]
+            measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test") for look in ("first", "second")]
             mark = " (default)" if name == r["default_score"] else ""
             lines.append(f"| {r['model']} | {name}{mark} | {s['auroc']:.3f} / {percent(s['fpr95'])} | "
-                         f"{first['auroc']:.3f} / {percent(first['fpr95'])} | "
-                         f"{second['auroc']:.3f} / {percent(second['fpr95'])} |")
+                         + " | ".join(f"{m['auroc']:.3f} / {percent(m['fpr95'])}" for m in measured) + " |")
     lines += ["", "### At the default score's threshold (chosen on held-out species), without / with the second look\n",
               "| model | score >= threshold | known field photos answered | answers right | unknown field photos \"not sure\" |",
               "| --- | --- | --- | --- | --- |"]

@@ -1,12 +1,15 @@
-"""A second look at a photo: when the butterfly is small, classify a crop around it too.
+"""A second look at a photo: classify a square crop around the butterfly too, and average.
 
 Visitors' photos show a small butterfly somewhere in the frame; squashed to the model's 224x224
 input, it is a few dozen pixels of wing. The first pass already says where it looked: the class
 map of its top class (`class_maps[..., top]`, the head applied at every location) is strongest on
 the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
 up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),
-classifies the crop, and averages the two answers' probabilities. When the evidence already fills
-most of the frame, the crop would be the photo again, so it is skipped and costs nothing.
+classifies the crop, and averages the two answers' probabilities. Even when the evidence fills the
+frame this pays: the box is square, so the butterfly is seen undistorted, where the first pass
+squashed the whole photo to a square. Only when the box is the whole photo (a square photo
+filled with evidence) is the second pass skipped. The crop alone does worse than the average: a
+tight crop loses context the first pass had.
 
 The suggested box is returned too: the app offers it as the starting frame of its crop tool.
 The model is any callable `predict(pixels) -> {"probabilities": (N,), "class_maps": (h, w, N), ...}`
@@ -30,10 +33,11 @@ Predict = Callable[[np.ndarray], Outputs]
 Box = tuple[int, int, int, int]  # left, top, right, bottom in the photo's pixels
 
 DECODE_SCALE = 4  # decode photos at up to 4x the model's input side: a quarter-side crop keeps full detail
-EVIDENCE_LEVEL = 0.5  # the box holds every location whose evidence is at least half the peak's
-MARGIN = 0.25  # the box grows by a quarter of its side on each side: wings and context stay in
-MIN_SIDE = 0.25  # never crop below a quarter of the photo's short side (a 7x7 map cannot aim finer)
-MAX_SIDE = 0.8  # a box wider than 80% of the short side is the photo again: no second pass
+# The box's geometry, measured on leeds-field known species with a frozen-feature pilot (bench/field.py's
+# section of docs/BENCHMARKS.md); looser or tighter settings were within a few photos of each other.
+EVIDENCE_LEVEL = 0.85  # the box holds every location whose evidence is at least 85% of the peak's
+MARGIN = 0.3  # the box grows by 30% of its side on each side: wings and context stay in
+MIN_SIDE = 0.4  # never crop below 40% of the photo's short side (a 7x7 map cannot aim finer)
 UPSAMPLE = 16  # map cells are upsampled 16x (bilinear) before thresholding, for a smooth box edge
 
 
@@ -101,7 +105,7 @@ def evidence_box(class_map: np.ndarray, image_size: tuple[int, int]) -> Box:
 
 
 def look(image: Image.Image, predict: Predict, input_size: tuple[int, int], second: bool = True) -> Look:
-    """Classify `image`, and when its evidence is small, a crop around it too (see the module doc).
+    """Classify `image`, then a square crop around its evidence, and average (see the module doc).
 
     `second=False` gives the first pass alone (with the suggested box), for comparison and for
     callers that cannot afford the second pass.
@@ -109,8 +113,7 @@ def look(image: Image.Image, predict: Predict, input_size: tuple[int, int], seco
     full = predict(pixels(image, input_size))
     top_map = full["class_maps"][..., int(np.argmax(full["probabilities"]))]
     box = evidence_box(top_map, image.size)
-    small = (box[2] - box[0]) <= MAX_SIDE * min(image.size)
-    if not (second and small):
+    if not second or box == (0, 0, *image.size):
         return Look(full["probabilities"], full, None, box)
     crop = predict(pixels(image, input_size, box))
     return Look((full["probabilities"] + crop["probabilities"]) / 2, full, crop, box)
