@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import model_folder
+from runtime import answer, model_folder
 from runtime.imaging import IMAGE_EXTENSIONS
 from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 
@@ -49,6 +49,11 @@ class Prediction:
         """The (h, w) class map of the most probable class: what the heatmap shows."""
         return self.class_maps[..., int(np.argmax(self.probabilities))]
 
+    @property
+    def logits(self) -> np.ndarray:
+        """The (N,) logits: the head is linear, so they are the class maps' mean over positions."""
+        return answer.logits({"class_maps": self.class_maps})
+
 
 class Classifier:
     """A loaded model folder, ready to predict.
@@ -68,8 +73,12 @@ class Classifier:
 
     def predict(self, pixels: np.ndarray) -> Prediction:
         """Classify one (H, W, 3) uint8 image, as returned by `imaging.load_pixels`."""
-        outputs = self._model(pixels)
+        outputs = self.outputs(pixels)
         return Prediction(self.labels, outputs["probabilities"], outputs["class_maps"])
+
+    def outputs(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The model's raw outputs for one image, by name: what `runtime.second_look` calls."""
+        return self._model(pixels)
 
 
 def find_models(root: Path) -> list[Path]:

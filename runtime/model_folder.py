@@ -7,6 +7,10 @@
                           location of the feature map (class activation maps)
         labels.json       the N class names, in output order
         model_card.json   how the model was made and how well it did on the test split (`ModelCard`)
+        metrics.json      optional: the training run's metrics.json of this backbone, whose "test"
+                          entry holds per-class precision, recall and support (`per_class`)
+        confusion_matrix.csv  optional: the test split's confusion matrix as training writes it
+                          (first column "true \\ predicted", then one column per class)
 
 A *model root* holds model folders (the root itself and/or its direct subfolders) and `samples/`,
 photos named after their true class for the app's sample picker.
@@ -25,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runtime.answer import SCORES
 from runtime.litert import LiteRTModel, ModelError
 
 MODEL_FILE = "model.tflite"
 LABELS_FILE = "labels.json"
 CARD_FILE = "model_card.json"
+METRICS_FILE = "metrics.json"  # optional, for the app's About page
+CONFUSION_FILE = "confusion_matrix.csv"  # optional, for the app's About page
 SAMPLES_FOLDER = "samples"
 OUTPUTS = ("probabilities", "class_maps")  # the output names of model.tflite's signature
 
@@ -48,6 +55,11 @@ class ModelCard:
     quantization: str  # how the weights are stored: "float32", "float16" or "int8"
     metrics: dict[str, float]  # top1, top5 and macro_f1 of the Keras model on the test split
     litert_metrics: dict[str, float]  # the same, measured with this model.tflite on the same images
+    # When to answer "not sure" (`runtime.answer`): {"score": one of answer.SCORES, "temperature": T
+    # fitted on the validation split, "threshold": t chosen on species held out of training}; the
+    # answer names a class only when the score of the logits / T reaches t.
+    unknown: dict[str, Any]
+    subject: str  # what the classes are, for the app's texts: e.g. "butterfly species"
 
     def to_json(self, **provenance: Any) -> dict[str, Any]:
         """The card as model_card.json holds it: one flat object, these keys first."""
@@ -104,9 +116,23 @@ def check_consistent(folder: Path, labels: list[str], card: dict[str, Any], mode
         problems.append(f"class_maps has shape {list(class_maps)}, expected [h, w, {classes}]")
     if missing := [key for key in CARD_KEYS if key not in card]:
         problems.append(f"{CARD_FILE} lacks {', '.join(missing)}")
+    elif problem := unknown_problem(card["unknown"]):
+        problems.append(f"{CARD_FILE}: {problem}")
     elif list(card["classes"]) != labels:
         problems.append(f"the classes in {CARD_FILE} differ from {LABELS_FILE}")
     elif tuple(card["input_size"]) != model.input_size:
         problems.append(f"{CARD_FILE} says input size {card['input_size']}, the model {list(model.input_size)}")
     if problems:
         raise ModelError(f"{folder}: " + "; ".join(problems))
+
+
+def unknown_problem(unknown: Any) -> str | None:
+    """What is wrong with a card's `unknown` entry, or None: checked at load, not on the first photo."""
+    if not isinstance(unknown, dict) or unknown.get("score") not in SCORES:
+        return f"unknown must be {{\"score\": one of {', '.join(SCORES)}, \"temperature\": T, \"threshold\": t}}"
+    numbers = {key: unknown.get(key) for key in ("temperature", "threshold")}
+    if not all(isinstance(value, int | float) and not isinstance(value, bool) for value in numbers.values()):
+        return f"unknown needs numbers for temperature and threshold, found {numbers}"
+    if numbers["temperature"] <= 0:
+        return f"unknown temperature must be positive, found {numbers['temperature']}"
+    return None

@@ -4,6 +4,10 @@
 Keras CNNs with a CAM head, exported by Keras' own LiteRT exporter (`tiny_models`), so the app is
 tested against the same kind of file the pipeline produces. To test against the real pipeline
 instead, make it call the pipeline's exporter and return that root.
+
+Each card's unknown threshold is measured as the exporter measures one, on real scores: here the
+median score of the fixture's photos (`photos.PHOTOS`), so that about half of them get an answer and
+the others "Not sure".
 """
 
 from __future__ import annotations
@@ -14,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import PHOTOS
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from tiny_models import model_card, write_model_folder
+from tiny_models import model_card, write_model_folder, write_test_results
 
 from app.inference import Classifier, find_models
-from runtime import imaging
-from runtime.model_folder import MODEL_FILE, SAMPLES_FOLDER
+from runtime import second_look
+from runtime.answer import Answer, answer, logits
+from runtime.model_folder import CARD_FILE, MODEL_FILE, SAMPLES_FOLDER
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longwing"]
@@ -58,13 +64,36 @@ def app(model_root: Path, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
 @pytest.fixture(scope="session")
 def expected_heading() -> Callable[[Classifier, str, bytes], str]:
-    """The heading the page must show for a photo: the top class and its probability."""
+    """The heading the page must show for a photo: the top class and its probability, or "Not sure"."""
 
     def heading(classifier: Classifier, name: str, data: bytes) -> str:
-        label, probability = classifier.predict(imaging.load_pixels(data, classifier.input_size, name)).top_k(1)[0]
-        return f"{label} ({probability:.1%})"
+        result = answer_with_second_look(classifier, name, data)
+        return f"{result.label} ({result.confidence:.1%})" if result.sure else "Not sure"
 
     return heading
+
+
+@pytest.fixture(scope="session")
+def expected_answer() -> Callable[[Classifier, str, bytes], Answer]:
+    """The answer the page must give for a photo (`answer_with_second_look`)."""
+    return answer_with_second_look
+
+
+@pytest.fixture(scope="session")
+def photos_by_answer() -> Callable[[Classifier, bool], dict[str, bytes]]:
+    """The fixture photos (`photos.PHOTOS`) that a model answers (sure=True) or is not sure about."""
+
+    def photos(classifier: Classifier, sure: bool) -> dict[str, bytes]:
+        return {name: data for name, data in PHOTOS.items() if answer_with_second_look(classifier, name, data).sure == sure}
+
+    return photos
+
+
+def answer_with_second_look(classifier: Classifier, name: str, data: bytes) -> Answer:
+    """The answer for a photo with the second look, computed with `runtime.second_look.look` itself."""
+    image = second_look.decode(data, classifier.input_size, name)
+    look = second_look.look(image, classifier.outputs, classifier.input_size)
+    return answer(logits(*(outputs for outputs in (look.full, look.crop) if outputs is not None)), classifier.card)
 
 
 def build_model_root(root: Path) -> Path:
@@ -72,7 +101,10 @@ def build_model_root(root: Path) -> Path:
     rows = []
     for name, spec in MODELS.items():
         card = model_card(LABELS, f"tiny_cnn_{name[-1]}", spec["top1"])
-        write_model_folder(root / name, LABELS, card, spec["seed"])
+        folder = write_model_folder(root / name, LABELS, card, spec["seed"])
+        card["unknown"]["threshold"] = median_score(Classifier(folder))
+        (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
+        write_test_results(folder, LABELS, spec["seed"])
         rows.append({"backbone": card["backbone"], **card["litert_metrics"], "params_total": 1000, "size_mb": 0.01,
                      "latency_ms": 0.1, "best": name == "tiny_b"})
     (root / "comparison.json").write_text(json.dumps(rows, indent=2))
@@ -81,6 +113,11 @@ def build_model_root(root: Path) -> Path:
     )
     write_samples(root / SAMPLES_FOLDER)
     return root
+
+
+def median_score(classifier: Classifier) -> float:
+    """The median unknown score of the fixture's photos: a threshold that answers about half of them."""
+    return float(np.median([answer_with_second_look(classifier, name, data).score for name, data in PHOTOS.items()]))
 
 
 def write_samples(folder: Path) -> None:

@@ -78,6 +78,14 @@ def orientation(tag: int) -> Image.Exif:
     return exif
 
 
+def small_subject() -> bytes:
+    """A field photo in miniature: a small textured square near the top right of a dark frame,
+    where even the untrained fixture models find their evidence, so the second look crops it."""
+    pixels = np.full((120, 160, 3), 20, dtype=np.uint8)
+    pixels[20:50, 100:130] = np.random.default_rng(0).integers(0, 256, size=(30, 30, 3))
+    return encode(Image.fromarray(pixels), "JPEG", quality=95)
+
+
 def huge_png() -> bytes:
     """A small file that claims 10000 x 6000 pixels (60 megapixels)."""
     return encode(Image.new("1", (10_000, 6_000)), "PNG")
@@ -104,3 +112,9 @@ BAD_UPLOADS: dict[str, tuple[Callable[[], bytes], str]] = {
     "notes.jpg": (lambda: b"Remember to buy milk.\n" * 20, "not an image"),
     "huge.png": (huge_png, "megapixel limit"),
 }
+
+# Photos the fixture's unknown thresholds are measured on (half are answered, half "Not sure"),
+# and that tests pick sure and unsure photos from.
+PHOTOS: dict[str, bytes] = {name: make() for name, make in GOOD_UPLOADS.items()} | {
+    f"meadow-{seed}.jpg": encode(scene(160, 120, seed=seed), "JPEG", quality=90) for seed in range(8)
+} | {"small-subject.jpg": small_subject()}
