@@ -59,9 +59,7 @@ VIEW_PER_CLASS = 30  # the study's views are of this many training images per cl
 ALL_IMAGES = ["zoom_out", "field"]  # ...except these recipes, measured again with a view of every training image
 SEED = 1337
 FOLDS, HELD_OUT = 5, 10
-SCORES = ["max_softmax", "max_logit", "energy", "knn", "mahalanobis"]
-COMBINED = ["max_softmax", "knn"]  # the rank combination tried beside the single scores
-BANK_PER_CLASS = 20  # the feature bank an app would ship: 20 training images per class
+BANK_PER_CLASS = unknown.BANK_PER_CLASS
 
 
 def log(message: str) -> None:
@@ -117,20 +115,6 @@ def butterflies(config_path: Path, limit: int | None) -> tuple[list[str], dict[s
 
 
 @dataclass
-class Head:
-    """A dense layer: logits = pooled @ weights + bias; its class maps apply it at every location."""
-
-    weights: np.ndarray  # (channels, classes)
-    bias: np.ndarray  # (classes,)
-
-    def logits(self, pooled: np.ndarray) -> np.ndarray:
-        return pooled.astype(np.float32) @ self.weights + self.bias
-
-    def class_maps(self, feature_map: np.ndarray) -> np.ndarray:
-        return feature_map.astype(np.float32) @ self.weights + self.bias
-
-
-@dataclass
 class Model:
     """What the bench runs: pixels -> (h, w, channels) feature map, and (for a trained model) its head."""
 
@@ -138,7 +122,7 @@ class Model:
     key: str  # names its cache folder
     size: int
     feature_map: Callable[[np.ndarray], np.ndarray]
-    head: Head | None = None  # None: frozen features, a head is fitted here
+    head: unknown.Linearunknown.LinearHead | None = None  # None: frozen features, a head is fitted here
     notes: list[str] = field(default_factory=list)
 
 
@@ -188,23 +172,7 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     path = WORK / "cache" / key / "feature_map.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
     return Model(f"{folder.name} fine-tuned ({folder.parent.name} run)", key, int(inputs.shape[1]),
-                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), Head(weights, bias))
-
-
-def fit_head(pooled: np.ndarray, labels: np.ndarray, num_classes: int | None = None) -> Head:
-    """A multinomial logistic regression on standardised features, folded into one dense layer
-    (so its class maps stay exact), as the FACTS pilots did."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
-    x = pooled.astype(np.float32)
-    scaler = StandardScaler().fit(x)
-    regression = LogisticRegression(max_iter=500, C=1.0).fit(scaler.transform(x), labels)
-    weights = (regression.coef_ / scaler.scale_).T  # w'(x - m)/s = (w/s)'x - (w/s)'m
-    bias = regression.intercept_ - scaler.mean_ @ weights
-    if num_classes is not None and len(regression.classes_) != num_classes:
-        raise ValueError("every class needs training images")
-    return Head(weights.astype(np.float32), bias.astype(np.float32))
+                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), unknown.LinearHead(weights, bias))
 
 
 # --- Features, cached ------------------------------------------------------------------------------
@@ -293,13 +261,14 @@ def field_first_pass(model: Model, photos: list[FieldPhoto]) -> np.ndarray:
 # --- The augmentation study -----------------------------------------------------------------------
 
 
-def augmented_head(model: Model, split: Split, train: np.ndarray, recipe: str, per_class: int | None = None) -> Head:
+def augmented_head(model: Model, split: Split, train: np.ndarray, recipe: str,
+                   per_class: int | None = None) -> unknown.LinearHead:
     """A head fitted on the plain training features plus one `recipe` view of `per_class`
     images per class (None: all; "plain": no view)."""
     if recipe == "plain":
-        return fit_head(train, split.labels)
+        return unknown.fit_linear_head(train, split.labels)
     views, labels = view_features(model, split, recipe, per_class)
-    return fit_head(np.concatenate([train, views]), np.concatenate([split.labels, labels]))
+    return unknown.fit_linear_head(np.concatenate([train, views]), np.concatenate([split.labels, labels]))
 
 
 def study(model: Model, splits: dict[str, Split], photos: list[FieldPhoto]) -> list[dict]:
@@ -325,56 +294,11 @@ def study(model: Model, splits: dict[str, Split], photos: list[FieldPhoto]) -> l
 # --- Unknown scores -------------------------------------------------------------------------------
 
 
-@dataclass
-class Scorer:
-    """Every unknown score of `training.unknown` for one head, fitted on its training data."""
-
-    head: Head
-    temperature: float
-    bank: unknown.FeatureBank
-    mahalanobis: unknown.Mahalanobis
-    combination: unknown.RankCombination | None = None
-
-    @classmethod
-    def fit(cls, head: Head, train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray]) -> Scorer:
-        temperature = calibration.fit_temperature(head.logits(valid[0]), valid[1])
-        scorer = cls(head, temperature, unknown.FeatureBank.build(train[0], per_class=BANK_PER_CLASS, labels=train[1]),
-                     unknown.Mahalanobis.fit(train[0], train[1]))
-        scorer.combination = unknown.RankCombination.fit({n: s for n, s in scorer.singles(valid[0]).items() if n in COMBINED})
-        return scorer
-
-    def singles(self, pooled: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        logits = self.head.logits(pooled) if logits is None else logits
-        return {"max_softmax": unknown.max_softmax(logits, self.temperature), "max_logit": unknown.max_logit(logits),
-                "energy": unknown.energy(logits, self.temperature), "knn": self.bank.score(pooled),
-                "mahalanobis": self.mahalanobis.score(pooled)}
-
-    def scores(self, pooled: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        scores = self.singles(pooled, logits)
-        scores["max_softmax+knn"] = self.combination.score(scores)
-        return scores
-
-
-def species_out(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray]) -> list[unknown.Fold]:
-    """Leave-species-out folds; each fold's head is refitted on the kept classes."""
-    def score(train_x, train_y, valid_x, valid_y, queries):
-        return Scorer.fit(fit_head(train_x, train_y), (train_x, train_y), (valid_x, valid_y)).scores(queries)
-
-    return unknown.leave_species_out(train, valid, score, held_out=HELD_OUT, folds=FOLDS, seed=SEED)
-
-
-def summarise_folds(folds: list[unknown.Fold]) -> dict[str, dict[str, float]]:
-    """Per score: mean AUROC and FPR@95TPR over folds, and the median fold threshold at 95% TPR."""
-    return {name: {"auroc": float(np.mean([unknown.auroc(f.known[name], f.unknown[name]) for f in folds])),
-                   "fpr95": float(np.mean([unknown.fpr_at_tpr(f.known[name], f.unknown[name]) for f in folds])),
-                   "threshold": float(np.median([unknown.threshold_at_tpr(f.known[name]) for f in folds]))}
-            for name in folds[0].known}
-
-
 # --- One model on the field photos ----------------------------------------------------------------
 
 
-def field_pass(model: Model, head: Head, scorer: Scorer, photos: list[FieldPhoto]) -> dict[str, np.ndarray | list]:
+def field_pass(model: Model, head: unknown.LinearHead, scorer: unknown.Scorer,
+               photos: list[FieldPhoto]) -> dict[str, np.ndarray | list]:
     """Every field photo through `second_look.look`: scores, answers, peaks in masks, timings."""
     from PIL import Image
 
@@ -411,7 +335,7 @@ def field_pass(model: Model, head: Head, scorer: Scorer, photos: list[FieldPhoto
     return results
 
 
-def look_scores(scorer: Scorer, full: list[dict], second: list[dict] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def look_scores(scorer: unknown.Scorer, full: list[dict], second: list[dict] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Answers and scores without (second=None) or with the second look.
 
     With it, the answer comes from the average of both passes' tempered probabilities (max-softmax
@@ -431,7 +355,7 @@ def look_scores(scorer: Scorer, full: list[dict], second: list[dict] | None) -> 
     return probabilities.argmax(1), scores
 
 
-def evaluate(model: Model, head: Head, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
+def evaluate(model: Model, head: unknown.LinearHead, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
     """Everything of the module doc for one model and head (kept in bench/results/field/evaluated:
     a rerun that adds a model does not measure the others again)."""
     digest = hashlib.sha256(head.weights.tobytes() + "".join(str(p.path) for p in photos).encode()).hexdigest()[:12]
@@ -444,12 +368,12 @@ def evaluate(model: Model, head: Head, splits: dict[str, Split], photos: list[Fi
     return result
 
 
-def measure(model: Model, head: Head, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
+def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
     log(f"evaluating {label}")
     train = (split_features(model, splits["train"], "train"), splits["train"].labels)
     valid = (split_features(model, splits["valid"], "valid"), splits["valid"].labels)
     test = (split_features(model, splits["test"], "test"), splits["test"].labels)
-    scorer = Scorer.fit(head, train, valid)
+    scorer = unknown.Scorer.fit(head, train, valid, BANK_PER_CLASS)
     test_logits = head.logits(test[0])
     result = {
         "model": label, "temperature": scorer.temperature,
@@ -459,8 +383,8 @@ def measure(model: Model, head: Head, splits: dict[str, Split], photos: list[Fie
             calibration.scaled_probabilities(test_logits, scorer.temperature), test[1]),
     }
     log("  leave-species-out")
-    result["species_out"] = summarise_folds(species_out(train, valid))
-    default = min(result["species_out"], key=lambda n: (result["species_out"][n]["fpr95"], -result["species_out"][n]["auroc"]))
+    result["species_out"] = unknown.summarise(unknown.held_out_species(train, valid, HELD_OUT, FOLDS, SEED, BANK_PER_CLASS))
+    default = unknown.default_score(result["species_out"])
     result["default_score"], result["threshold"] = default, result["species_out"][default]["threshold"]
     log("  field photos")
     passes = field_pass(model, head, scorer, photos)

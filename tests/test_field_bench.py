@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import field  # noqa: E402
 
-from training import field_augment  # noqa: E402
+from training import field_augment, unknown  # noqa: E402
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210), (250, 140, 20)]
 
@@ -88,17 +88,18 @@ def test_the_bench_measures_and_reports_a_model(data):
     splits, photos = data
     model = colour_model()
     train = field.split_features(model, splits["train"], "train")
-    result = field.evaluate(model, field.fit_head(train, splits["train"].labels), splits, photos, "colours")
+    result = field.evaluate(model, unknown.fit_linear_head(train, splits["train"].labels), splits, photos, "colours")
     assert result["test_top1"] == 1.0  # colours are easy
     assert result["first"]["field_top1"] >= 0.8
     assert result["in_mask"] >= 0.8  # the colour map peaks on the square
     assert result["cropped"] > 0.5  # the squares are small: the second look crops
-    assert set(result["species_out"]) == {*field.SCORES, "max_softmax+knn"}
+    assert set(result["species_out"]) == {*unknown.SCORES, "max_softmax+knn"}
     assert result["default_score"] in result["species_out"]
     section = field.report([], [result], "bench/field.py")
     assert "| colours |" in section and "(default)" in section
     # A second evaluation reads the stored result instead of measuring again.
-    assert field.evaluate(model, field.fit_head(train, splits["train"].labels), splits, photos, "again")["model"] == "again"
+    head = unknown.fit_linear_head(train, splits["train"].labels)
+    assert field.evaluate(model, head, splits, photos, "again")["model"] == "again"
 
 
 def test_the_augmentation_study_compares_recipes_side_by_side(data, monkeypatch):

@@ -85,3 +85,20 @@ def test_leave_species_out_holds_out_disjoint_classes_and_scores_them_as_unknown
         assert unknown.auroc(fold.known["mahalanobis"], fold.unknown["mahalanobis"]) > 0.95
     with pytest.raises(ValueError, match="cannot hold out"):
         unknown.species_folds(10, 4, 3, seed=0)
+
+
+def test_held_out_species_measures_every_score_and_sets_thresholds():
+    features, labels, centres = clusters(0, classes=8, per_class=30)
+    rng = np.random.default_rng(7)
+    valid_labels = np.repeat(np.arange(8), 20)
+    valid = centres[valid_labels] + rng.normal(0, 1, (len(valid_labels), 16))
+    folds = unknown.held_out_species((features, labels), (valid, valid_labels), held_out=2, folds=2, seed=0, bank_per_class=10)
+    summary = unknown.summarise(folds)
+    assert set(summary) == {*unknown.SCORES, "max_softmax+knn"}
+    for name, measured in summary.items():
+        kept = [np.mean(fold.known[name] >= measured["threshold"]) for fold in folds]
+        assert np.mean(kept) >= 0.9  # the median fold threshold answers about 95% of known images
+    # Far-apart clusters: the feature distance separates held-out classes.
+    assert summary["mahalanobis"]["auroc"] > 0.95
+    assert unknown.default_score(summary) in summary
+    assert summary[unknown.default_score(summary)]["fpr95"] == min(s["fpr95"] for s in summary.values())

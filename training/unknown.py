@@ -15,6 +15,10 @@ more like the training classes*; a threshold on it turns an answer into "not sur
 - `RankCombination`: several scores, each turned into its rank among known validation images
   (the share of them it beats) and averaged.
 
+`Scorer` fits all of them for one linear head; `held_out_species` runs the leave-species-out
+folds with a head refitted on the kept classes (`fit_linear_head`), `summarise` measures each
+score over the folds and sets its threshold, and `default_score` picks the best.
+
 Thresholds come from held-out *species*: `leave_species_out` trains a head without k of the
 classes and scores those classes' images as unknown, which needs no extra data. They are never
 chosen on the test split or on field photos: those only measure. AUROC and the false-positive
@@ -30,9 +34,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import logsumexp, softmax
 from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.preprocessing import StandardScaler
+
+from training import calibration
 
 TARGET_TPR = 0.95
+SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
+COMBINED = ("max_softmax", "knn")  # the rank combination tried beside the single scores, as "max_softmax+knn"
+BANK_PER_CLASS = 20  # the feature bank an app would ship: 20 training images per class
 
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -190,3 +201,87 @@ def leave_species_out(
         results.append(Fold(held, {n: s[:known_count] for n, s in scores.items()},
                             {n: s[known_count:] for n, s in scores.items()}))
     return results
+
+
+@dataclass
+class LinearHead:
+    """A dense layer: logits = pooled @ weights + bias; its class maps apply it at every location
+    of a feature map (whose average over locations is then exactly the logits)."""
+
+    weights: np.ndarray  # (channels, classes)
+    bias: np.ndarray  # (classes,)
+
+    def logits(self, pooled: np.ndarray) -> np.ndarray:
+        return np.asarray(pooled, dtype=np.float32) @ self.weights + self.bias
+
+    def class_maps(self, feature_map: np.ndarray) -> np.ndarray:
+        return np.asarray(feature_map, dtype=np.float32) @ self.weights + self.bias
+
+
+def fit_linear_head(features: np.ndarray, labels: np.ndarray) -> LinearHead:
+    """A multinomial logistic regression on standardised features, folded into one dense layer
+    (so class maps stay exact): the head refitted on the kept classes of a leave-species-out fold."""
+    x = np.asarray(features, dtype=np.float32)
+    scaler = StandardScaler().fit(x)
+    regression = LogisticRegression(max_iter=500).fit(scaler.transform(x), labels)
+    weights = (regression.coef_ / scaler.scale_).T  # w'(x - m)/s = (w/s)'x - (w/s)'m
+    bias = regression.intercept_ - scaler.mean_ @ weights
+    return LinearHead(weights.astype(np.float32), bias.astype(np.float32))
+
+
+@dataclass
+class Scorer:
+    """Every score of this module for one head: temperature fitted on the validation split, the
+    feature bank and class means from the training split, ranks from known validation images."""
+
+    head: LinearHead
+    temperature: float
+    bank: FeatureBank
+    mahalanobis: Mahalanobis
+    combination: RankCombination | None = None
+
+    @classmethod
+    def fit(cls, head: LinearHead, train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
+            bank_per_class: int | None = BANK_PER_CLASS) -> Scorer:
+        temperature = calibration.fit_temperature(head.logits(valid[0]), valid[1])
+        scorer = cls(head, temperature, FeatureBank.build(train[0], per_class=bank_per_class, labels=train[1]),
+                     Mahalanobis.fit(train[0], train[1]))
+        scorer.combination = RankCombination.fit({n: s for n, s in scorer.singles(valid[0]).items() if n in COMBINED})
+        return scorer
+
+    def singles(self, pooled: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Each single score of `pooled` features (logits computed by the head unless given)."""
+        logits = self.head.logits(pooled) if logits is None else logits
+        return {"max_softmax": max_softmax(logits, self.temperature), "max_logit": max_logit(logits),
+                "energy": energy(logits, self.temperature), "knn": self.bank.score(pooled),
+                "mahalanobis": self.mahalanobis.score(pooled)}
+
+    def scores(self, pooled: np.ndarray, logits: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The single scores and their rank combination."""
+        scores = self.singles(pooled, logits)
+        scores["+".join(COMBINED)] = self.combination.score(scores)
+        return scores
+
+
+def held_out_species(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray], held_out: int = 10,
+                     folds: int = 5, seed: int = 0, bank_per_class: int | None = BANK_PER_CLASS) -> list[Fold]:
+    """`leave_species_out` with every score, a linear head refitted on each fold's kept classes."""
+    def score(train_x, train_y, valid_x, valid_y, queries):
+        head = fit_linear_head(train_x, train_y)
+        return Scorer.fit(head, (train_x, train_y), (valid_x, valid_y), bank_per_class).scores(queries)
+
+    return leave_species_out(train, valid, score, held_out=held_out, folds=folds, seed=seed)
+
+
+def summarise(folds: list[Fold], tpr: float = TARGET_TPR) -> dict[str, dict[str, float]]:
+    """Per score: mean AUROC and FPR at `tpr` over the folds, and its threshold: the median over
+    folds of the threshold that answers `tpr` of the fold's known images."""
+    return {name: {"auroc": float(np.mean([auroc(f.known[name], f.unknown[name]) for f in folds])),
+                   "fpr95": float(np.mean([fpr_at_tpr(f.known[name], f.unknown[name], tpr) for f in folds])),
+                   "threshold": float(np.median([threshold_at_tpr(f.known[name], tpr) for f in folds]))}
+            for name in folds[0].known}
+
+
+def default_score(summary: dict[str, dict[str, float]]) -> str:
+    """The score with the lowest held-out FPR at the target TPR (then the highest AUROC)."""
+    return min(summary, key=lambda name: (summary[name]["fpr95"], -summary[name]["auroc"]))
