@@ -3,6 +3,7 @@ stand-in weights, its Colab-only cells switched off by its COLAB parameter (not 
 
 from __future__ import annotations
 
+import json
 import zipfile
 
 import nbformat
@@ -30,6 +31,9 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     [table] = [data["text/markdown"] for data in shown if "| mobilenet" in data.get("text/markdown", "")]
     assert f"**{LABEL}**: " in table  # the comparison says its accuracy is meaningless
     assert sum("image/png" in data for data in shown) == 4  # table chart, dataset, curves, confusion matrix
+    rows = json.loads((tmp_path / "work" / "saved_models" / "shapes" / "comparison.json").read_text())
+    assert [row["rank"] for row in rows] == [1, 2] and [row["best"] for row in rows] == [True, False]
+    assert rows == sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
     with zipfile.ZipFile(tmp_path / "work" / "deploy.zip") as archive:
         names = archive.namelist()
     assert {"model.tflite", "labels.json", "model_card.json"} <= {name.rsplit("/", 1)[-1] for name in names}

@@ -1,4 +1,5 @@
-"""End to end: every registry backbone trains, saves, reloads, predicts and lands in the table."""
+"""End to end on generated data: train, reload, predict, the CLI and its settings. (Every registry
+backbone through the ImageNet transfer path: tests/test_transfer.py.)"""
 
 from __future__ import annotations
 
@@ -18,35 +19,6 @@ from training.config import Config, ConfigError, load_config
 from training.export import export
 from training.folder import SPLITS
 from training.runner import compare
-
-
-def test_every_backbone_end_to_end(tmp_path):
-    """Train -> save -> reload -> predict for all registry entries, and one table row each."""
-    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
-    config = Config(data=str(data), run="all", output_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"),
-                    backbones=list(REGISTRY), weights="none", image_size=75, head_epochs=2, fine_tune_epochs=1)
-    rows = compare(config)
-    run = tmp_path / "runs" / "all"
-    assert sorted(row["backbone"] for row in rows) == sorted(v.id for v in map(parse_variant, REGISTRY))
-    assert [row["rank"] for row in rows] == list(range(1, len(REGISTRY) + 1))
-    assert sum(row["best"] for row in rows) == 1 and rows[0]["best"]
-    assert rows == sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
-    for name in ("comparison.md", "comparison.csv", "comparison.json", "comparison.png", "dataset.png", "run.json"):
-        assert (run / name).stat().st_size > 0, name
-    with open(run / "comparison.csv") as file:
-        assert len(list(csv.DictReader(file))) == len(REGISTRY)
-    for row in rows:
-        folder = run / row["backbone"]
-        for name in ("model.keras", "labels.json", "metrics.json", "config.json", "confusion_matrix.csv",
-                     "confusion_matrix.png", "training_curves.png"):
-            assert (folder / name).is_file(), f"{folder}/{name}"
-        assert row["params_total"] > row["params_trainable"] > 0
-        assert row["latency_ms"] > 0 and row["size_mb"] > 0
-        metrics = json.loads((folder / "metrics.json").read_text())
-        assert set(metrics["test"]["per_class"]) == {"blue triangle", "green square", "red circle"}
-        model = keras.models.load_model(folder / "model.keras")
-        assert model.input.shape[1:] == (75, 75, 3)
-        assert model.output.shape[-1] == 3
 
 
 def test_reloaded_model_predicts_the_same_in_a_fresh_process(trained_run, tiny_dataset):

@@ -15,7 +15,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from shapes import make_dataset
+from shapes import CLASSES, make_dataset
 
 from app.inference import Classifier
 from runtime import imaging
@@ -96,6 +96,9 @@ def test_transfer_from_a_weights_folder_to_the_app(name, stand_in_dir, transfer_
     assert resolved["frozen_until"] == frozen_until
     assert len(list((tmp_path / "cache").glob(f"{variant.id}-bottom-*.tflite"))) == 1  # extracted by LiteRT
     assert len(read_history(folder / "finetune_log.csv")) == 1  # phase 2 ran its epoch
+    for name in ("labels.json", "confusion_matrix.csv", "confusion_matrix.png", "training_curves.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert set(read_json(folder / "metrics.json")["test"]["per_class"]) == set(CLASSES)
     # Random weights: the table says its accuracy is meaningless.
     assert row["stand_in_weights"] and f"**{LABEL}**: {variant.id}" in (folder.parent / "comparison.md").read_text()
 
