@@ -402,9 +402,16 @@ def show_comparison(root: Path) -> None:
             rows, hide_index=True,
             column_config={name: st.column_config.NumberColumn(format=form) for name, form in formats.items() if form},
         )
-        st.bar_chart(
-            {"backbone": [row["backbone"] for row in rows], "test top-1": [row["top1"] for row in rows]},
-            x="backbone", y="test top-1", horizontal=True, sort="-test top-1", height=60 + 30 * len(rows),
+        st.vega_lite_chart(
+            [{"backbone": row["backbone"], "test top-1": row["top1"]} for row in rows],
+            {
+                "mark": {"type": "bar", "tooltip": True},
+                "encoding": {
+                    "y": {"field": "backbone", "type": "nominal", "sort": "-x"},
+                    "x": {"field": "test top-1", "type": "quantitative", "axis": {"format": "%"}},
+                },
+            },
+            height=80 + 40 * len(rows),
         )
     elif summary.is_file():
         st.markdown(summary.read_text(encoding="utf-8"))
