@@ -133,6 +133,14 @@ def test_zoom_out_pastes_a_smaller_copy_on_blurred_context():
     assert np.mean(out[..., 2] > 200) > 0.1  # and the context shows around it
 
 
+def test_share_leaves_the_other_images_unchanged():
+    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    views = field_augment.field_views(images, seed=3, recipe="zoom_out", share=0.25)
+    unchanged = np.mean([np.array_equal(a, b) for a, b in zip(images, views)])
+    assert 0.5 <= unchanged <= 0.95  # about three in four
+    assert np.array_equal(field_augment.field_views(images, seed=3, share=0.0), images)
+
+
 def test_an_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="unknown field augmentation recipe 'nope'"):
         field_augment.field_views(np.zeros((1, 8, 8, 3), dtype=np.uint8), seed=0, recipe="nope")

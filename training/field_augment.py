@@ -11,7 +11,8 @@ Each function below turns a training image into one of those framings:
 - `colour_jitter`: brightness, contrast, saturation and gamma, as cameras and daylight vary;
 - `soften`: a light Gaussian blur (focus, motion, small butterflies upsampled by phones).
 
-`field_view` chains them into the recipe measured best by `bench/field.py` (see docs/BENCHMARKS.md).
+`field_view` applies one of them, or "field", a chain of them; `RECOMMENDED` is the one
+`bench/field.py` measured best (see docs/BENCHMARKS.md).
 Everything works on uint8 RGB arrays with numpy and Pillow, one image at a time, and is
 deterministic given the seed, so a cached augmented view can be reproduced. The pipeline can call
 `field_views` on a batch from `tf.numpy_function`, as `training.dataset` decodes images.
@@ -31,6 +32,11 @@ CROP_ASPECT = (3 / 4, 4 / 3)
 JITTER = 0.35  # +-35% brightness, contrast and saturation
 GAMMA = (0.7, 1.4)
 SOFTEN_RADIUS = (0.5, 1.6)
+
+# What bench/field.py measured best on leeds-field known species without losing butterflies50 test
+# accuracy (docs/BENCHMARKS.md): zoom-out views, of about a quarter of the training images.
+RECOMMENDED = "zoom_out"
+RECOMMENDED_SHARE = 0.25
 
 
 def zoom_out(image: Image.Image, context: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -81,9 +87,9 @@ def soften(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 def field_view(image: np.ndarray, context: np.ndarray, rng: np.random.Generator, recipe: str = "field") -> np.ndarray:
     """One augmented view of a (H, W, 3) uint8 image; `context` is another training image.
 
-    Recipes (each measured in docs/BENCHMARKS.md): "zoom_out", "crop", "colour", "blur", and
-    "field": half the time a zoom-out, otherwise a resized crop; then colour jitter, and a light
-    blur one time in three.
+    Recipes (measured in docs/BENCHMARKS.md): "zoom_out", "crop", "colour", "blur", and "field":
+    half the time a zoom-out, otherwise a resized crop; then colour jitter, and a light blur one
+    time in three. Every recipe ends with a random horizontal flip.
     """
     picture, other = Image.fromarray(image), Image.fromarray(context)
     if recipe == "zoom_out":
@@ -106,8 +112,12 @@ def field_view(image: np.ndarray, context: np.ndarray, rng: np.random.Generator,
     return np.asarray(picture, dtype=np.uint8)
 
 
-def field_views(images: np.ndarray, seed: int, recipe: str = "field", contexts: np.ndarray | None = None) -> np.ndarray:
+def field_views(images: np.ndarray, seed: int, recipe: str = RECOMMENDED, contexts: np.ndarray | None = None,
+                share: float = 1.0) -> np.ndarray:
     """Augment a batch of (n, H, W, 3) images, the same way for the same `seed`.
+
+    Each image is augmented with probability `share` and passed through unchanged otherwise, so
+    a cached view can mix field framings with the pipeline's usual augmentation.
 
     Each image's context is `contexts[i]` if given, else another image of the batch (the batch
     rolled by a random offset): shuffle the data first, or images of one class frame each other.
@@ -118,4 +128,6 @@ def field_views(images: np.ndarray, seed: int, recipe: str = "field", contexts: 
         contexts = np.roll(images, int(rng.integers(1, max(2, len(images)))), axis=0)
     pixels = np.clip(images, 0, 255).astype(np.uint8)
     backgrounds = np.clip(contexts, 0, 255).astype(np.uint8)
-    return np.stack([field_view(image, context, rng, recipe) for image, context in zip(pixels, backgrounds)])
+    chosen = rng.random(len(pixels)) < share
+    return np.stack([field_view(image, context, rng, recipe) if pick else image
+                     for image, context, pick in zip(pixels, backgrounds, chosen)])
