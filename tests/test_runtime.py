@@ -147,13 +147,17 @@ def test_files_that_disagree_are_refused(folder: Path, tmp_path: Path, change: C
 
 
 def test_the_card_keeps_the_json_layout_of_exported_folders() -> None:
-    """Folders already deployed have these keys, flat, with the provenance beside them."""
-    assert CARD_KEYS == ("backbone", "input_size", "classes", "quantization", "metrics", "litert_metrics")
+    """One flat object: the contract's keys first, the provenance beside them."""
+    assert CARD_KEYS == ("backbone", "input_size", "classes", "quantization", "metrics", "litert_metrics",
+                         "unknown", "subject")
     metrics = {"top1": 0.9, "top5": 1.0, "macro_f1": 0.88}
-    card = ModelCard("tiny", [32, 32], LABELS, "int8", metrics, metrics).to_json(source="saved_models/run/tiny")
+    unknown = {"score": "max_softmax", "temperature": 1.5, "threshold": 0.4}
+    card = ModelCard("tiny", [32, 32], LABELS, "int8", metrics, metrics, unknown, "butterfly species").to_json(
+        source="saved_models/run/tiny")
     assert json.loads(json.dumps(card)) == {
         "backbone": "tiny", "input_size": [32, 32], "classes": LABELS, "quantization": "int8",
-        "metrics": metrics, "litert_metrics": metrics, "source": "saved_models/run/tiny",
+        "metrics": metrics, "litert_metrics": metrics, "unknown": unknown, "subject": "butterfly species",
+        "source": "saved_models/run/tiny",
     }
 
 

@@ -59,6 +59,7 @@ class Config:
     output_dir: str = "saved_models"
     cache_dir: str = ".cache/features"  # bottleneck features, shared by all runs on a dataset
     backbones: list[str] = field(default_factory=lambda: ["resnet50", "vgg16", "inceptionv3", "mobilenet"])
+    subject: str = "class"  # what the classes are, for the app's texts, e.g. "butterfly species"
 
     # Starting weights: "imagenet", "none", or a weights file; `weights_dir` holds Keras' files
     # by their Keras names (offline); `weight_files` maps a backbone to its own file (keyed by

@@ -23,7 +23,16 @@ import tensorflow as tf
 
 from runtime import imaging
 from runtime.litert import LiteRTModel, ModelError
-from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, OUTPUTS, SAMPLES_FOLDER, ModelCard
+from runtime.model_folder import (
+    CARD_FILE,
+    CONFUSION_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    OUTPUTS,
+    SAMPLES_FOLDER,
+    ModelCard,
+)
 from training.artifacts import atomic_path, read_json, write_json, write_text
 from training.evaluate import metrics
 from training.model import with_class_maps
@@ -65,6 +74,7 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
     test_paths, test_names = run["splits"]["test"], run["labels"]["test"]
     model, classes = load_model_folder(folder)
     saved = read_json(folder / "metrics.json")
+    measured = read_trust(folder)
     size = tuple(model.input.shape[1:3])
     images = [imaging.load_pixels(path, size) for path in test_paths]
     labels = np.array([classes.index(name) for name in test_names])
@@ -87,7 +97,10 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
         quantization=quantize,
         metrics={k: saved["test"][k] for k in ("top1", "top5", "macro_f1")},
         litert_metrics={k: exported[k] for k in ("top1", "top5", "macro_f1")},
+        unknown={key: measured[key] for key in ("score", "temperature", "threshold")},
+        subject=run["config"].get("subject", "class"),
     ).to_json(
+        unknown_measured={"held_out": measured["held_out"], "scores": measured["scores"]},
         test_images=len(test_paths),
         dataset_fingerprint=run["dataset_fingerprint"],
         size_bytes=(out / MODEL_FILE).stat().st_size,
@@ -97,6 +110,8 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
     )
     write_json(out / LABELS_FILE, classes)
     write_json(out / CARD_FILE, card)
+    for name in (METRICS_FILE, CONFUSION_FILE):  # per-class figures for the app's About page
+        write_text(out / name, (folder / name).read_text(encoding="utf-8"))
     copy_extras(folder, test_paths, test_names, out.parent)
     print(f"  test top-1: Keras {saved['test']['top1']:.1%}, LiteRT {exported['top1']:.1%}; "
           f"{card['size_bytes'] / 1e6:.1f} MB")
@@ -110,6 +125,15 @@ def read_run(run_file: Path) -> dict:
         raise ExportError(f"{run_file}: no class labels of the splits (written by an older version); run the same "
                           "`python -m training compare` command again: it rewrites run.json and keeps the trained models")
     return run
+
+
+def read_trust(folder: Path) -> dict:
+    """The temperature and "not sure" threshold measured in training (`training.trust`)."""
+    path = folder / "trust.json"
+    if not path.is_file():
+        raise ExportError(f"{folder}: no trust.json (trained by an older version); run the same `python -m training "
+                          "compare` command again with a new --run name to measure the temperature and threshold")
+    return read_json(path)
 
 
 def copy_extras(folder: Path, test_paths: list[str], test_names: list[str], root: Path) -> None:

@@ -19,15 +19,17 @@ from training.artifacts import save_figure, write_csv, write_json, write_text
 from training.folder import SPLITS, ImageFolder
 from training.standin import LABEL as STAND_IN_LABEL
 
-COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "params_total", "params_trainable",
-           "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms", "stand_in_weights", "best"]
+COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "ece", "ece_scaled", "unknown_auroc", "unknown_fpr95",
+           "params_total", "params_trainable", "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms",
+           "stand_in_weights", "best"]
+# Measured since a later version: a summary without them says nothing about calibration or unknowns.
+LATER_COLUMNS = {"ece": None, "ece_scaled": None, "unknown_auroc": None, "unknown_fpr95": None, "stand_in_weights": False}
 
 
 def rank(rows: list[dict]) -> list[dict]:
     """The summaries best first (test top-1, then macro-F1), with their rank and the best one marked."""
     rows = sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
-    # Summaries from before stand-in weights were recorded lack the key: those runs never used them.
-    rows = [{"rank": i + 1, "stand_in_weights": False, **row, "best": i == 0} for i, row in enumerate(rows)]
+    rows = [{"rank": i + 1, **LATER_COLUMNS, **row, "best": i == 0} for i, row in enumerate(rows)]
     return [{column: row[column] for column in COLUMNS} for row in rows]
 
 
@@ -42,17 +44,31 @@ def write_comparison(run_dir: Path, rows: list[dict]) -> list[dict]:
 
 
 def comparison_markdown(rows: list[dict]) -> str:
-    header = ("| # | backbone | test top-1 | top-5 | macro-F1 | params (total / trainable) | size MB "
-              "| phase 1 s | phase 2 s | CPU ms/image |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    """The table as Markdown; the notes under it say what the calibration and unknown columns mean."""
+    header = ("| # | backbone | test top-1 | top-5 | macro-F1 | ECE (scaled) | unknown AUROC | unknown FPR@95 "
+              "| params (total / trainable) | size MB | phase 1 s | phase 2 s | CPU ms/image |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {r['rank']} | {r['backbone']}{' **(best)**' if r['best'] else ''} | {r['top1']:.1%} | {r['top5']:.1%} "
-        f"| {r['macro_f1']:.3f} | {r['params_total']:,} / {r['params_trainable']:,} | {r['size_mb']:.1f} "
+        f"| {r['macro_f1']:.3f} | {percent(r['ece'])} ({percent(r['ece_scaled'])}) | {number(r['unknown_auroc'])} "
+        f"| {percent(r['unknown_fpr95'])} | {r['params_total']:,} / {r['params_trainable']:,} | {r['size_mb']:.1f} "
         f"| {r['phase1_s']:.0f} | {r['phase2_s']:.0f} | {r['latency_ms']:.1f} |"
         for r in rows
     ]
     stand_ins = [r["backbone"] for r in rows if r["stand_in_weights"]]
     warning = f"\n**{STAND_IN_LABEL}**: {', '.join(stand_ins)}\n" if stand_ins else ""
-    return header + "\n".join(lines) + "\n" + warning
+    notes = ("\nECE: expected calibration error on the test split, as trained (after temperature scaling). "
+             "Unknown: species held out of training (leave-species-out) told apart from known ones by the "
+             "calibrated top probability; FPR@95: the share of them still answered when 95% of known images are.\n")
+    return header + "\n".join(lines) + "\n" + notes + warning
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def plot_comparison(path: Path, rows: list[dict]) -> None:

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training import trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
 from training.backbones import Variant, parse_variant, resolve_weights
 from training.config import Config
@@ -54,12 +55,14 @@ from training.head import train_head
 from training.model import bottom, build_classifier, head
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
+from training.trust import pooled_and_logits
 
 # Settings that do not change a backbone's result, so a resumed run may differ in them.
 NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
-                       "frozen_until", "extract_engine"}  # extract_engine: same features to rounding
-STEPS = ("features", "head", "fine_tune", "evaluate")
-TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "evaluate": "evaluation"}
+                       "frozen_until", "extract_engine", "subject"}  # extract_engine: same features to rounding
+STEPS = ("features", "head", "fine_tune", "trust", "evaluate")
+TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "trust": "calibration and held-out species",
+          "evaluate": "evaluation"}
 KILL_AT = "TRAINING_KILL_AT"
 
 
@@ -259,6 +262,21 @@ class BackboneRun:
                                 self.folder)
         return {"history": history}
 
+    def step_trust(self) -> dict:
+        """Temperature and "not sure" threshold (`training.trust`), in trust.json for export."""
+        train, valid = self.frozen_outputs
+        plain = len(self.dataset.splits["train"])  # view 0: the training images as they are
+        frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
+        train_pooled, _ = pooled_and_logits(self.classifier, frozen_until, train.activations[:plain], batch_size)
+        valid_pooled, valid_logits = pooled_and_logits(self.classifier, frozen_until, valid.activations, batch_size)
+        measured = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels), valid_logits,
+                                 len(self.dataset.classes), self.config.seed)
+        write_json(self.folder / "trust.json", measured)
+        served = measured["scores"].get(measured["score"], {})
+        print(f"  temperature {measured['temperature']:.2f}; held-out species: AUROC {served.get('auroc', float('nan')):.3f}, "
+              f"FPR@95TPR {served.get('fpr95', float('nan')):.1%}")
+        return {}
+
     def step_evaluate(self) -> dict:
         """Test the classifier, save it and every result file; its table row goes to the state."""
         classifier, folder, samples = self.classifier, self.folder, self.dataset.splits["test"]
@@ -266,6 +284,8 @@ class BackboneRun:
         probabilities = classifier.predict(test, verbose=0)
         labels = np.array([sample.label for sample in samples])
         scores = metrics(labels, probabilities, self.dataset.classes)
+        measured = read_json(folder / "trust.json")
+        served = measured["scores"].get(measured["score"], {})
 
         with atomic_path(folder / "model.keras") as temporary:
             classifier.save(temporary)
@@ -285,6 +305,9 @@ class BackboneRun:
             "phase1_s": timing["phase1_s"], "phase2_s": timing["phase2_s"],
             "train_s": timing["phase1_s"] + timing["phase2_s"],
             "latency_ms": latency_ms(classifier, next(iter(test))[0].numpy()),
+            **trust.test_calibration(probabilities, labels, measured["temperature"]),
+            # Held-out species (leave-species-out) by the served score; None below three classes.
+            "unknown_auroc": served.get("auroc"), "unknown_fpr95": served.get("fpr95"),
             "stand_in_weights": is_stand_in(self.weights),  # random weights: accuracy meaningless
         }
         write_json(folder / "metrics.json", {"summary": summary, "test": scores, "timing": timing})

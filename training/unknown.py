@@ -224,8 +224,11 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray) -> LinearHead:
     x = np.asarray(features, dtype=np.float32)
     scaler = StandardScaler().fit(x)
     regression = LogisticRegression(max_iter=500).fit(scaler.transform(x), labels)
-    weights = (regression.coef_ / scaler.scale_).T  # w'(x - m)/s = (w/s)'x - (w/s)'m
-    bias = regression.intercept_ - scaler.mean_ @ weights
+    coef, intercept = regression.coef_, regression.intercept_
+    if len(regression.classes_) == 2:  # one logit z for class 1: softmax of (0, z) is the same model
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    weights = (coef / scaler.scale_).T  # w'(x - m)/s = (w/s)'x - (w/s)'m
+    bias = intercept - scaler.mean_ @ weights
     return LinearHead(weights.astype(np.float32), bias.astype(np.float32))
 
 
