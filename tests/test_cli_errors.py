@@ -108,7 +108,7 @@ def places(tmp_path) -> dict[str, Path]:
     # Checked before the model is loaded, so a model folder need only hold the files' names.
     model = tmp_path / "run" / "model"
     model.mkdir(parents=True)
-    for name in ("model.keras", "metrics.json"):
+    for name in ("model.keras", "metrics.json", "trust.json"):
         (model / name).write_text("{}")
     (model / "labels.json").write_text(json.dumps(["blue triangle", "green square", "red circle"]))
     (tmp_path / "run" / "run.json").write_text("{}")
