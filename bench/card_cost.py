@@ -19,7 +19,7 @@ through the pipeline's own code, in a process of its own (so that its peak memor
 2. phase 1: `training.head.train_head` on the sample's pooled features tiled to the size of the
    training set, one epoch against a few more;
 3. test evaluation (`predict_on_batch`, batch 32), model size (`.keras`, and the `.tflite` the
-   exporter writes), CPU latency at batch 1 (Keras; LiteRT through the app's `Classifier`);
+   exporter writes), CPU latency at batch 1 (Keras; LiteRT through `runtime.litert.LiteRTModel`, as the app);
 4. phase 2: one epoch of `fit` on the sample's cached activations, batched by
    `training.finetune.batches` and compiled as `fine_tune` compiles it, each step timed after a warm-up.
 
@@ -122,7 +122,6 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     import keras
     import numpy as np
 
-    from app.inference import Classifier
     from training.backbones import parse_variant, resolve_weights
     from training.dataset import augmentation, image_dataset
     from training.evaluate import latency_ms
@@ -186,7 +185,7 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     start = time.perf_counter()
     with_class_maps(classifier).export(str(folder / "model.tflite"), format="litert", verbose=False)
     export_s = time.perf_counter() - start
-    litert_ms = 1000 * litert_latency(Classifier, folder, dataset.classes, variant, test_pixels[0])
+    litert_ms = 1000 * litert_latency(folder / "model.tflite", test_pixels[0])
 
     # 4. Phase 2: one epoch of `fit` on the cached activations, fed as fine_tune feeds them, each step timed.
     unfreeze_top(classifier, frozen_until)
@@ -217,18 +216,14 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     }
 
 
-def litert_latency(classifier_type: type, folder: Path, classes: list[str], variant, pixels) -> float:
-    """Median seconds of the app's `Classifier.predict` on one image of the exported file.
+def litert_latency(path: Path, pixels) -> float:
+    """Median seconds of the exported file on one image through the runtime's runner, with the
+    app's outputs (probabilities and class maps) and the app's 2 threads."""
+    from runtime.litert import LiteRTModel
+    from runtime.model_folder import OUTPUTS
 
-    The app reads a model folder: the exported file, its labels and a model card. The card's
-    metrics are left empty: stand-in weights have none worth stating.
-    """
-    (folder / "labels.json").write_text(json.dumps(classes))
-    card = {"backbone": variant.id, "input_size": [variant.size, variant.size], "classes": classes,
-            "quantization": "float32", "metrics": {}, "litert_metrics": {}}
-    (folder / "model_card.json").write_text(json.dumps(card))
-    classifier = classifier_type(folder)
-    return median_seconds(lambda: classifier.predict(pixels), LATENCY_RUNS)
+    model = LiteRTModel(path, OUTPUTS, num_threads=2)
+    return median_seconds(lambda: model(pixels), LATENCY_RUNS)
 
 
 # --- Projection -----------------------------------------------------------------------------------
@@ -349,8 +344,8 @@ def render(measured: list[dict], args: argparse.Namespace, full: Config, profile
         f"activations at batch {full.batch_size}: median of {measured[0]['steps']} training and validation steps after "
         f"{WARMUP} warm-up step), test evaluation (`predict_on_batch`, batch {EVAL_BATCH}). Extraction per image: "
         "the whole sample minus its first half, after a warm-up call. Latency: batch 1, median of "
-        f"{LATENCY_RUNS}; LiteRT through the app's `Classifier` (2 threads) on the exported file (class maps "
-        "included). Noisy machine: read the figures as orders of magnitude.",
+        f"{LATENCY_RUNS}; LiteRT: the exported file (class maps included) through the runtime's `LiteRTModel`, 2 threads as "
+        "in the app. Noisy machine: read the figures as orders of magnitude.",
         "",
         "### Measured rates and sizes",
         table(["backbone", "frozen until", "conversion s", "extraction ms/image, plain / augmented",
