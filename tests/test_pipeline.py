@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,11 @@ def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp
     single = run_cli("predict", "--model", str(folder), str(image), "--top-k", "2")
     assert single.returncode == 0, single.stderr
     lines = single.stdout.strip().splitlines()
-    assert lines[0] == str(image) and len(lines) == 3 and lines[1].strip().endswith(("circle", "square", "triangle"))
+    assert lines[0] == str(image) and len(lines) == 4 and lines[2].strip().endswith(("circle", "square", "triangle"))
+    trust = json.loads((folder / "trust.json").read_text())
+    verdict, score = re.fullmatch(r"  answer: (.+) \(unknown score ([0-9.]+)\)", lines[1]).groups()
+    # The answer names the top class exactly when its calibrated probability reaches the threshold.
+    assert verdict == (lines[2].split("%")[1].strip() if float(score) >= trust["threshold"] else "not sure")
 
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"red circle": "Red Circle (display)"}))
@@ -63,6 +68,8 @@ def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp
     ok = [row for row in rows if not row["error"]]
     assert all("Red Circle (display)" in (row["top1"], row["top2"], row["top3"]) for row in ok)
     assert all(abs(sum(float(row[f"p{i}"]) for i in (1, 2, 3)) - 1) < 1e-4 for row in ok)
+    assert {row["answer"] for row in ok} <= {row["top1"] for row in ok} | {"not sure"}
+    assert all(float(row["score"]) == pytest.approx(float(row["p1"]), abs=1e-5) for row in ok)  # max-softmax
 
 
 def test_predict_command_names_a_wrong_model_folder(tmp_path):

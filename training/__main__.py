@@ -110,6 +110,7 @@ def check_options(args: argparse.Namespace) -> None:
 
     if args.command == "predict":
         model_file(args.model, "model.keras", "--model")
+        model_file(args.model, "trust.json", "--model")  # the "not sure" threshold (training.trust)
         classes = read_json_option(model_file(args.model, "labels.json", "--model"), "--model")
         if args.top_k is None:
             args.top_k = min(5, len(classes))
@@ -131,7 +132,7 @@ def check_options(args: argparse.Namespace) -> None:
         if args.run:
             model_file(args.run, "comparison.json", "--run")
         else:
-            for name in ("metrics.json", "model.keras", "labels.json", "../run.json"):
+            for name in ("metrics.json", "model.keras", "labels.json", "trust.json", "../run.json"):
                 model_file(args.model, name, "--model")
         check_writable(args.out or "saved_models/deploy", "--out")
     elif args.command == "stand-in-weights":

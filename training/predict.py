@@ -1,7 +1,10 @@
-"""Classify images with a trained model folder: top-k classes and their probabilities.
+"""Classify images with a trained model folder: the answer, its unknown score, and the top-k classes.
 
-The model takes raw RGB pixels (its preprocessing is inside it), and images are decoded by
-`imaging`, exactly as in training, so these predictions are the ones the evaluation measured.
+The model takes raw RGB pixels (its preprocessing is inside it), and photos are decoded by
+`runtime`, exactly as in training. Each photo gets the app's own treatment, from the same code:
+a second look at the crop around the evidence (`runtime.second_look`), then the answer
+(`runtime.answer`) with the temperature and "not sure" threshold measured in training
+(`trust.json`, see `training.trust`). So the CSV says what the web page would.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from runtime import imaging
+from runtime import imaging, second_look
+from runtime.answer import answer, logits, softmax
 from runtime.litert import ModelError
 from runtime.model_folder import LABELS_FILE, read_labels
 from training.artifacts import read_json, write_csv
+from training.model import with_class_maps
+
+TRUST_FILE = "trust.json"
 
 
 def load_model_folder(folder: str | Path) -> tuple[keras.Model, list[str]]:
     """The Keras model and class names saved in a backbone folder by `compare`."""
     folder = Path(folder)
-    for name in ("model.keras", LABELS_FILE):
+    for name in ("model.keras", LABELS_FILE, TRUST_FILE):
         if not (folder / name).is_file():
             raise ModelError(f"{folder}: no {name} here; expected a folder written by "
                              "`python -m training compare`, e.g. saved_models/<run>/<backbone>")
@@ -37,19 +44,30 @@ def image_files(target: Path) -> list[Path]:
                   if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str]) -> list[dict]:
-    """One row per image: its top-k class names with probabilities, or the reason it failed."""
+def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str], trust: dict) -> list[dict]:
+    """One row per image: the answer ("not sure" or a class), its unknown score and the top-k
+    classes with their calibrated probabilities, or the reason the image failed."""
     size = tuple(model.input.shape[1:3])
+    with_maps = with_class_maps(model)
+
+    def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value[0] for name, value in with_maps.predict_on_batch(pixels[None].astype("float32")).items()}
+
+    card = {"classes": names, "unknown": {key: trust[key] for key in ("score", "temperature", "threshold")}}
     rows = []
     for path in paths:
         try:
-            pixels = imaging.load_pixels(path, size)
+            photo = second_look.decode(path, size, str(path))
         except imaging.ImageError as error:
             rows.append({"image": str(path), "error": str(error)})
             continue
-        probabilities = model.predict_on_batch(pixels[None].astype("float32"))[0]
-        best = np.argsort(probabilities)[::-1][:top_k]
-        rows.append({"image": str(path), "top": [(names[i], float(probabilities[i])) for i in best]})
+        seen = second_look.look(photo, outputs, size)
+        combined = logits(*(p for p in (seen.full, seen.crop) if p is not None))
+        result = answer(combined, card)
+        probabilities = softmax(combined, card["unknown"]["temperature"])
+        best = np.argsort(-probabilities, kind="stable")[:top_k]
+        rows.append({"image": str(path), "answer": result.label if result.sure else "not sure", "score": result.score,
+                     "top": [(names[i], float(probabilities[i])) for i in best]})
     return rows
 
 
@@ -60,11 +78,13 @@ def run_predict(model_folder: str, target: str, top_k: int, names_file: str | No
         display = read_json(names_file)
         classes = [display.get(name, name) for name in classes]
     target_path = Path(target)
-    rows = predict(model, image_files(target_path), top_k, classes)
+    rows = predict(model, image_files(target_path), top_k, classes, read_json(Path(model_folder) / TRUST_FILE))
     for row in rows:
         print(row["image"])
         if "error" in row:
             print(f"  skipped: {row['error']}")
+        else:
+            print(f"  answer: {row['answer']} (unknown score {row['score']:.3f})")
         for name, probability in row.get("top", []):
             print(f"  {probability:7.2%}  {name}")
     if target_path.is_dir():
@@ -75,7 +95,9 @@ def run_predict(model_folder: str, target: str, top_k: int, names_file: str | No
 def csv_row(row: dict, top_k: int) -> dict:
     """A flat CSV row with the same columns for every image, failed ones included."""
     top = row.get("top", []) + [("", "")] * top_k
-    flat = {"image": row["image"], "error": row.get("error", "")}
+    score = row.get("score")
+    flat = {"image": row["image"], "error": row.get("error", ""), "answer": row.get("answer", ""),
+            "score": "" if score is None else round(score, 6)}
     for rank, (name, probability) in enumerate(top[:top_k], start=1):
         flat[f"top{rank}"] = name
         flat[f"p{rank}"] = round(probability, 6) if probability != "" else ""
