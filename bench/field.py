@@ -13,7 +13,7 @@ without the second look (`runtime.second_look`):
 - unknown-species scores (`training.unknown`): AUROC and FPR at 95% TPR by leave-species-out
   (5 folds of 10 held-out classes, on train + valid: a head is refitted on the 40 kept classes'
   pooled features), and on leeds-field's four unknown species against its six known ones;
-- the default score (best leave-species-out FPR@95TPR) and its threshold (the median over folds
+- the default score (best leave-species-out FPR@95TPR among `unknown.TRANSFERABLE`) and its threshold (the median over folds
   of the threshold keeping 95% of known validation images): never chosen on test or leeds-field;
 - leeds-field known top-1, heatmap-in-mask rate (the share of photos whose top class map,
   upsampled to the photo, peaks inside its butterfly mask), and at the threshold: the share of
@@ -272,7 +272,18 @@ def augmented_head(model: Model, split: Split, train: np.ndarray, recipe: str,
 
 
 def study(model: Model, splits: dict[str, Split], photos: list[FieldPhoto]) -> list[dict]:
-    """Heads on plain training features plus one view of each recipe: test and field top-1."""
+    """Heads on plain training features plus one view of each recipe: test and field top-1
+    (kept in bench/results/field/evaluated, as `evaluate` keeps its results)."""
+    path = WORK / "evaluated" / f"study-{model.key}-{files_key([p.path for p in photos])}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    rows = measure_study(model, splits, photos)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return rows
+
+
+def measure_study(model: Model, splits: dict[str, Split], photos: list[FieldPhoto]) -> list[dict]:
     train = split_features(model, splits["train"], "train")
     test = split_features(model, splits["test"], "test")
     field_pooled = field_first_pass(model, photos)
@@ -428,7 +439,10 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
              f"never trained on. Leave-species-out: {FOLDS} folds of {HELD_OUT} butterflies50 classes held out "
              f"(known: the kept classes' validation images; unknown: the held-out classes' train + valid images). "
              f"Thresholds keep 95% of known validation images in each fold (median over folds); the default score "
-             f"is the one with the lowest leave-species-out FPR@95TPR. kNN: mean cosine similarity to the 5 nearest of "
+             f"is the one with the lowest leave-species-out FPR@95TPR among those whose threshold carries over from the "
+             f"folds' refitted logistic-regression heads to the model's own head ({', '.join(unknown.TRANSFERABLE)}); "
+             f"for the fine-tuned models the folds refit a head on the fine-tuned features, whose backbone saw the "
+             f"held-out species in training (optimistic for them). kNN: mean cosine similarity to the 5 nearest of "
              f"{BANK_PER_CLASS} training features per class. ECE: 15 equal-width bins, butterflies50 test (250 images: "
              f"one image is 0.4 points).\n"]
     if study_rows:
