@@ -357,6 +357,10 @@ def render(measured: list[dict], args: argparse.Namespace, full: Config, profile
                 f"{m['peak_mib']:.0f}", f"{m['keras_mb']:.1f}", f"{m['tflite_mb']:.1f}", f"{m['keras_ms']:.1f}",
                 f"{m['litert_ms']:.1f}"] for m in measured]),
         "",
+        "Extraction per image is the difference of two timings on a machine shared with other jobs: the plain "
+        "and the augmented view run the same network (the augmentation adds a few ms), so the gap between the two "
+        "columns shows how noisy these rates are.",
+        "",
         f"The pipeline also holds the cached activations of all {counts['train']:,} x {views} training views in "
         "memory for phase 2 (float16): "
         + ", ".join(f"{m['backbone']} {m['activation_bytes'] * (counts['train'] * views + counts['valid']) / 2**30:.1f} GiB"
