@@ -332,7 +332,8 @@ def render(measured: list[dict], args: argparse.Namespace, full: Config, profile
         f"jobs: load average {os.getloadavg()[1]:.1f} over the last 5 minutes at the end), Python "
         f"{platform.python_version()}. **GPU: not measured, no GPU machine was lent to this session.** "
         f"Reproduce: `.venv/bin/python bench/card_cost.py --config {paths.shown(args.config)}"
-        f"{' --quick' if args.quick else ''}`.",
+        f"{' --quick' if args.quick else ''} --images {measured[0]['images']} --steps {measured[0]['steps']}"
+        f"{'' if checks else ' --no-check'}`.",
         "",
         "Stand-in weights (random values in Keras' file format, `python -m training stand-in-weights`): "
         "cost does not depend on the weight values, accuracy does, so **no accuracy is reported for them**.",
