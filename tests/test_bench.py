@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 from shapes import BUTTERFLIES, ROOT, WEIGHTS
 
-BENCHES = ["extraction", "train_compare", "serving"]
+BENCHES = ["extraction", "train_compare", "serving", "card_cost"]
 
 
 @pytest.fixture
