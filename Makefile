@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 run: setup
 	$(PY) -m training compare --config $(CONFIG)
 
+# One worker per core (pytest-xdist): most tests are single-threaded conversions and training steps.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist worksteal
 
 lint: setup
 	$(VENV)/bin/ruff check .
