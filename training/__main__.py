@@ -1,4 +1,4 @@
-"""Command line: `python -m training {compare,check-data,predict,export} ...` (see --help).
+"""Command line: `python -m training {compare,check-data,predict,export,stand-in-weights} ...` (see --help).
 
 Every expected problem (bad data, bad settings, missing weights, unreadable images) is reported
 as one line naming the file and what is wrong, with exit status 2, never as a traceback, and

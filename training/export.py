@@ -101,6 +101,7 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
         subject=run["config"].get("subject", "class"),
     ).to_json(
         unknown_measured={"held_out": measured["held_out"], "scores": measured["scores"]},
+        stand_in_weights=saved["summary"].get("stand_in_weights", False),  # random weights: accuracy meaningless
         test_images=len(test_paths),
         dataset_fingerprint=run["dataset_fingerprint"],
         size_bytes=(out / MODEL_FILE).stat().st_size,

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from runtime.model_folder import LABELS_FILE
 from training import trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
 from training.backbones import Variant, parse_variant, resolve_weights
@@ -289,7 +290,7 @@ class BackboneRun:
 
         with atomic_path(folder / "model.keras") as temporary:
             classifier.save(temporary)
-        write_json(folder / "labels.json", self.dataset.classes)
+        write_json(folder / LABELS_FILE, self.dataset.classes)
         write_confusion(folder, labels, probabilities.argmax(axis=1), self.dataset.classes)
         write_curves(folder, self.done["head"]["history"], self.done["fine_tune"]["history"])
 
