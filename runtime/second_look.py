@@ -5,7 +5,7 @@ input, it is a few dozen pixels of wing. The first pass already says where it lo
 map of its top class (`class_maps[..., top]`, the head applied at every location) is strongest on
 the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
 up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),
-classifies the crop, and averages the two answers' probabilities. Even when the evidence fills the
+classifies the crop, and the answer combines both passes (`runtime.answer.logits`). Even when the evidence fills the
 frame this pays: the box is square, so the butterfly is seen undistorted, where the first pass
 squashed the whole photo to a square. Only when the box is the whole photo (a square photo
 filled with evidence) is the second pass skipped. The crop alone does worse than the average: a
@@ -43,16 +43,20 @@ UPSAMPLE = 16  # map cells are upsampled 16x (bilinear) before thresholding, for
 
 @dataclass(frozen=True)
 class Look:
-    """What the model said about a photo, with or without a second look at a crop."""
+    """What the model said about a photo, with or without a second look at a crop.
 
-    probabilities: np.ndarray  # (N,): the answer (the average of both passes when there was a crop)
+    The answer combines the passes' logits (`runtime.answer.logits(*look.passes)`), so that the
+    card's temperature and threshold apply to one logit vector, in the app and in `predict` alike.
+    """
+
     full: Outputs  # the first pass, on the whole photo
     crop: Outputs | None  # the second pass, on the crop; None when the crop was skipped
     box: Box  # the suggested crop, in the photo's pixels (the whole photo when evidence fills it)
 
-    def top_class_map(self) -> np.ndarray:
-        """The first pass's class map of the answer's top class: where the heatmap is drawn from."""
-        return self.full["class_maps"][..., int(np.argmax(self.probabilities))]
+    @property
+    def passes(self) -> list[Outputs]:
+        """The passes that ran: the whole photo, then the crop if there was one."""
+        return [self.full] if self.crop is None else [self.full, self.crop]
 
 
 def decode(source: imaging.Source, input_size: tuple[int, int], name: str | None = None) -> Image.Image:
@@ -114,6 +118,5 @@ def look(image: Image.Image, predict: Predict, input_size: tuple[int, int], seco
     top_map = full["class_maps"][..., int(np.argmax(full["probabilities"]))]
     box = evidence_box(top_map, image.size)
     if not second or box == (0, 0, *image.size):
-        return Look(full["probabilities"], full, None, box)
-    crop = predict(pixels(image, input_size, box))
-    return Look((full["probabilities"] + crop["probabilities"]) / 2, full, crop, box)
+        return Look(full, None, box)
+    return Look(full, predict(pixels(image, input_size, box)), box)

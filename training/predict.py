@@ -62,7 +62,7 @@ def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str],
             rows.append({"image": str(path), "error": str(error)})
             continue
         seen = second_look.look(photo, outputs, size)
-        combined = logits(*(p for p in (seen.full, seen.crop) if p is not None))
+        combined = logits(*seen.passes)
         result = answer(combined, card)
         probabilities = softmax(combined, card["unknown"]["temperature"])
         best = np.argsort(-probabilities, kind="stable")[:top_k]

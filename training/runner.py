@@ -306,7 +306,7 @@ class BackboneRun:
             "phase1_s": timing["phase1_s"], "phase2_s": timing["phase2_s"],
             "train_s": timing["phase1_s"] + timing["phase2_s"],
             "latency_ms": latency_ms(classifier, next(iter(test))[0].numpy()),
-            **trust.test_calibration(probabilities, labels, measured["temperature"]),
+            **trust.calibration_on_test(probabilities, labels, measured["temperature"]),
             # Held-out species (leave-species-out) by the served score; None below three classes.
             "unknown_auroc": served.get("auroc"), "unknown_fpr95": served.get("fpr95"),
             "stand_in_weights": is_stand_in(self.weights),  # random weights: accuracy meaningless

@@ -70,7 +70,7 @@ def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.nd
             "held_out": {"classes_per_fold": held_out, "folds": folds}, "scores": summary}
 
 
-def test_calibration(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
+def calibration_on_test(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
     """Expected calibration error of the test split's answers, as trained and after temperature scaling.
 
     Softmax ignores a constant added to every logit, so log-probabilities serve as logits here.
