@@ -130,7 +130,7 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     from training.folder import scan
     from training.head import train_head
     from training.losses import classification_loss, one_hot
-    from training.model import bottom, build_classifier, top, unfreeze_top, with_class_maps
+    from training.model import bottom, build_classifier, to_litert, top, unfreeze_top, with_class_maps
     from training.standin import is_stand_in
 
     started = time.perf_counter()
@@ -148,7 +148,7 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
 
     # 1. Extraction: conversion, then the sample plain and as one augmented view.
     start = time.perf_counter()
-    frozen.export(str(folder / "bottom.tflite"), format="litert", verbose=False)
+    to_litert(frozen, folder / "bottom.tflite")
     convert_s = time.perf_counter() - start
     run_litert(frozen, folder / "bottom.tflite", image_dataset(samples[:2], variant.size, 2), 2)  # warm-up
     extraction, outputs = {}, {}
@@ -183,7 +183,7 @@ def measure(spec: str, config: Config, weights_dir: Path, images: int, steps: in
     classifier.save(folder / "model.keras")
     keras_ms = latency_ms(classifier, test_pixels, LATENCY_RUNS)
     start = time.perf_counter()
-    with_class_maps(classifier).export(str(folder / "model.tflite"), format="litert", verbose=False)
+    to_litert(with_class_maps(classifier), folder / "model.tflite")
     export_s = time.perf_counter() - start
     litert_ms = 1000 * litert_latency(folder / "model.tflite", test_pixels[0])
 

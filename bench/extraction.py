@@ -37,7 +37,7 @@ from training.config import ConfigError, load_config  # noqa: E402
 from training.dataset import augmentation, image_dataset  # noqa: E402
 from training.features import run_litert  # noqa: E402
 from training.folder import scan  # noqa: E402
-from training.model import bottom, build_classifier  # noqa: E402
+from training.model import bottom, build_classifier, to_litert  # noqa: E402
 
 IMAGES = 512
 
@@ -61,7 +61,7 @@ def engines(config, samples, spec: str, tmp: Path) -> dict:
     keras_s = time.perf_counter() - start
     path = tmp / f"{variant.id}.tflite"
     start = time.perf_counter()
-    frozen.export(str(path), format="litert", verbose=False)
+    to_litert(frozen, path)
     convert_s = time.perf_counter() - start
     run_litert(frozen, path, images.take(1), 64)  # warm-up
     start = time.perf_counter()

@@ -4,7 +4,8 @@ Training runs the frozen bottom of a backbone through LiteRT (outputs `activatio
 export checks the converted classifier with it and the app serves it (`probabilities` and
 `class_maps`): all three go through `LiteRTModel`.
 
-Outputs are found by name. `keras.Model.export(format="litert")` keeps the keys of a model's
+Outputs are found by name. The converter (`training.model.to_litert`, as `keras.Model.export`
+with `format="litert"`) keeps the keys of a model's
 output dict as the output names of the file's signature (`serving_default`), while the plain
 tensor names are internal (`StatefulPartitionedCall_1:0`, ...) and their order is not the
 declared one; so the signature runner, which speaks those names, runs the model. (A model with a

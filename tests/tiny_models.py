@@ -1,7 +1,7 @@
 """Tiny model folders for the runtime and app tests, laid out by the contract in `runtime.model_folder`.
 
-Keras' own LiteRT exporter writes the model file, as in the pipeline, so the tests run against the
-same kind of file the exporter produces; file names and card keys come from the contract.
+The pipeline's own converter (`training.model.to_litert`) writes the model file, so the tests run
+against the same kind of file the exporter produces; file names and card keys come from the contract.
 Keras is imported inside the functions: collecting the tests stays free of TensorFlow.
 """
 
@@ -49,9 +49,11 @@ def write_model_folder(folder: Path, labels: list[str], card: dict, seed: int) -
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
+    from training.model import to_litert
+
     folder.mkdir(parents=True)
     keras.utils.set_random_seed(seed)
-    tiny_cam_model(len(labels)).export(str(folder / MODEL_FILE), format="litert", verbose=False)
+    to_litert(tiny_cam_model(len(labels)), folder / MODEL_FILE)
     (folder / LABELS_FILE).write_text(json.dumps(labels))
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
     return folder

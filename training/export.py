@@ -35,16 +35,16 @@ from runtime.model_folder import (
 )
 from training.artifacts import atomic_path, read_json, write_json, write_text
 from training.evaluate import metrics
-from training.model import with_class_maps
+from training.model import to_litert, with_class_maps
 from training.predict import load_model_folder
 
 MAX_QUANTIZATION_LOSS = 0.01  # top-1, absolute: one point
 SAMPLES = 6  # sample images offered by the app
 
-# Converter settings for each variant (Keras passes them to the TFLite converter).
+# Converter settings for each variant (`training.model.to_litert`).
 QUANTIZATION = {
     "float32": {},
-    "float16": {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_types": [tf.float16]}},
+    "float16": {"optimizations": [tf.lite.Optimize.DEFAULT], "supported_types": [tf.float16]},
     "int8": {"optimizations": [tf.lite.Optimize.DEFAULT]},  # dynamic range: int8 weights
 }
 
@@ -81,7 +81,7 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
 
     print(f"exporting {folder} ({quantize}) to {out}")
     with atomic_path(out / MODEL_FILE) as temporary:
-        with_class_maps(model).export(str(temporary), format="litert", verbose=False, **QUANTIZATION[quantize])
+        to_litert(with_class_maps(model), temporary, **QUANTIZATION[quantize])
         exported = metrics(labels, litert_probabilities(temporary, images), classes)
         loss = saved["test"]["top1"] - exported["top1"]
         if quantize != "float32" and loss > MAX_QUANTIZATION_LOSS:

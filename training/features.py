@@ -12,7 +12,7 @@ With augmentation on, the training split is also cached as `augment_views` augme
 (view 1, 2, ...), each drawn with its own seed; view 0 is always the plain images.
 
 On a CPU the frozen bottom runs through LiteRT (`extract_engine = "auto"`): the same Keras model,
-converted once with `model.export(format="litert")` and cached beside the features, computes the
+converted once (`model.to_litert`) and cached beside the features, computes the
 same outputs (to float rounding) faster than TensorFlow (docs/BENCHMARKS.md), thanks to its
 XNNPACK kernels for depthwise convolutions. On a GPU, TensorFlow is the faster of the two.
 """
@@ -35,6 +35,7 @@ from training.backbones import Variant
 from training.config import Config
 from training.dataset import augmentation, image_dataset
 from training.folder import ImageFolder
+from training.model import to_litert
 
 FORMAT = "2"  # bump when what a cache file holds changes, so old files are not misread
 
@@ -88,7 +89,7 @@ def run_litert(bottom: keras.Model, path: Path, images: tf.data.Dataset, count: 
     (converted on first use). One image per call: XNNPACK is fastest at batch size 1 here."""
     if not path.is_file():
         with atomic_path(path) as temporary:
-            bottom.export(str(temporary), format="litert", verbose=False)
+            to_litert(bottom, temporary)
     model = LiteRTModel(path, list(bottom.output), num_threads=os.cpu_count())
     results = {name: np.empty((count, *shape), dtype="float16") for name, shape in model.output_shapes.items()}
     progress, done = keras.utils.Progbar(count, verbose=1 if PROGRESS == "auto" else PROGRESS), 0
