@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import field  # noqa: E402
 
+from runtime import imaging  # noqa: E402
 from training import field_augment, unknown  # noqa: E402
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 70, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210), (250, 140, 20)]
@@ -114,14 +115,25 @@ def test_the_augmentation_study_compares_recipes_side_by_side(data, monkeypatch)
     assert "| plain + zoom_out | every image |" in field.report(rows, [], "bench/field.py")
 
 
-@pytest.mark.parametrize("recipe", ["zoom_out", "crop", "colour", "blur", "field"])
-def test_views_are_deterministic_per_seed(recipe):
+def image_files(folder: Path, count: int) -> list[str]:
+    """`count` random 16x16 PNG files, as a training split's paths."""
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    first = field_augment.field_views(images, seed=7, recipe=recipe)
-    assert first.shape == images.shape and first.dtype == np.uint8
-    assert np.array_equal(first, field_augment.field_views(images, seed=7, recipe=recipe))
-    assert not np.array_equal(first, field_augment.field_views(images, seed=8, recipe=recipe))
+    folder.mkdir()
+    paths = [str(folder / f"{i}.png") for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return paths
+
+
+@pytest.mark.parametrize("recipe", ["zoom_out", "crop", "colour", "blur", "field"])
+def test_framed_images_are_deterministic_per_seed(recipe, tmp_path):
+    paths = image_files(tmp_path / "train", 4)
+    first = [field_augment.framed_loader(paths, 16, seed=7, share=1.0, recipe=recipe)(i) for i in range(4)]
+    again = field_augment.framed_loader(paths, 16, seed=7, share=1.0, recipe=recipe)
+    other = field_augment.framed_loader(paths, 16, seed=8, share=1.0, recipe=recipe)
+    assert all(image.shape == (16, 16, 3) and image.dtype == np.uint8 for image in first)
+    assert all(np.array_equal(first[i], again(i)) for i in range(4))
+    assert not all(np.array_equal(first[i], other(i)) for i in range(4))
 
 
 def test_zoom_out_pastes_a_smaller_copy_on_blurred_context():
@@ -133,14 +145,17 @@ def test_zoom_out_pastes_a_smaller_copy_on_blurred_context():
     assert np.mean(out[..., 2] > 200) > 0.1  # and the context shows around it
 
 
-def test_share_leaves_the_other_images_unchanged():
-    images = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
-    views = field_augment.field_views(images, seed=3, recipe="zoom_out", share=0.25)
-    unchanged = np.mean([np.array_equal(a, b) for a, b in zip(images, views)])
+def test_share_leaves_the_other_images_as_decoded(tmp_path):
+    paths = image_files(tmp_path / "train", 40)
+    plain = [imaging.load_pixels(path, (16, 16)) for path in paths]
+    framed = field_augment.framed_loader(paths, 16, seed=3, share=0.25, recipe="zoom_out")
+    unchanged = np.mean([np.array_equal(plain[i], framed(i)) for i in range(40)])
     assert 0.5 <= unchanged <= 0.95  # about three in four
-    assert np.array_equal(field_augment.field_views(images, seed=3, share=0.0), images)
+    untouched = field_augment.framed_loader(paths, 16, seed=3, share=0.0)
+    assert all(np.array_equal(plain[i], untouched(i)) for i in range(40))
 
 
-def test_an_unknown_recipe_is_refused():
+def test_an_unknown_recipe_is_refused(tmp_path):
+    framed = field_augment.framed_loader(image_files(tmp_path / "train", 2), 16, seed=0, share=1.0, recipe="nope")
     with pytest.raises(ValueError, match="unknown field augmentation recipe 'nope'"):
-        field_augment.field_views(np.zeros((1, 8, 8, 3), dtype=np.uint8), seed=0, recipe="nope")
+        framed(0)

@@ -40,6 +40,7 @@ RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "rotation": (lambda v: 0 <= v <= 0.5, "from 0 to 0.5 (a fraction of a full turn)"),
     "zoom": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "translation": (lambda v: 0 <= v <= 1, "from 0 to 1 (a fraction of the image's size)"),
+    "field_share": (lambda v: 0 <= v <= 1, "from 0 to 1 (a share of the training images)"),
     "label_smoothing": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "dropout": (lambda v: 0 <= v < 1, "at least 0 and below 1"),
     "head_epochs": (lambda v: v >= 1, "at least 1"),
@@ -80,6 +81,9 @@ class Config:
     zoom: float = 0.1
     translation: float = 0.1
     augment_views: int = 1
+    # In each augmented view, this share of the images is framed like a visitor's photo first
+    # (`training.field_augment`: the butterfly zoomed out onto blurred surroundings).
+    field_share: float = 0.25
 
     # Both phases: the loss's target puts `label_smoothing` of its mass evenly on every class,
     # which keeps a 50-class head from growing overconfident on a few thousand images.

@@ -7,6 +7,8 @@ so a photo reaches the model as the same pixels in training and in serving. Mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,20 +24,22 @@ def image_dataset(
     batch_size: int,
     shuffle_seed: int | None = None,
     augment: keras.Sequential | None = None,
+    loader: Callable[[int], np.ndarray] | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 pixels 0..255, int label), decoded in parallel, in file order unless
-    `shuffle_seed` is given, optionally augmented."""
+    `shuffle_seed` is given, optionally augmented. `loader(i)` gives sample i's pixels instead of
+    decoding its file, e.g. framed like a field photo (`training.field_augment.framed_loader`)."""
     paths = [str(sample.path) for sample in samples]
     labels = np.array([sample.label for sample in samples], dtype="int32")
-    dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), labels))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 
-    def decode(path: bytes) -> np.ndarray:
-        return imaging.load_pixels(path.decode(), (size, size))
+    def decode(index: np.int64) -> np.ndarray:
+        return loader(int(index)) if loader else imaging.load_pixels(paths[index], (size, size))
 
-    def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        pixels = tf.numpy_function(decode, [path], tf.uint8, stateful=False)
+    def load(index: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.numpy_function(decode, [index], tf.uint8, stateful=False)
         pixels.set_shape((size, size, 3))
         return tf.cast(pixels, tf.float32), label
 

@@ -34,6 +34,7 @@ from training.artifacts import atomic_path
 from training.backbones import Variant
 from training.config import Config
 from training.dataset import augmentation, image_dataset
+from training.field_augment import RECOMMENDED, framed_loader
 from training.folder import ImageFolder
 from training.model import to_litert
 
@@ -64,7 +65,8 @@ def cache_file(config: Config, dataset: ImageFolder, variant: Variant, weights_k
     """The cache file of one split (and augmented view), named by everything its content depends on."""
     parts = [FORMAT, dataset.fingerprint(split), variant.id, str(variant.size), weights_key, split, str(view)]
     if view > 0:
-        parts += [str(config.seed), repr((config.flip, config.rotation, config.zoom, config.translation))]
+        parts += [str(config.seed), repr((config.flip, config.rotation, config.zoom, config.translation)),
+                  f"field {config.field_share} {RECOMMENDED}"]
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
     return Path(config.cache_dir) / f"{variant.id}-{split}-view{view}-{key}.npz"
 
@@ -116,8 +118,12 @@ def extract(
         with np.load(path) as cached:
             return Features(cached["activations"], cached["pooled"], cached["labels"])
     samples = dataset.splits[split]
-    augment = augmentation(config, seed=config.seed + 1000 * view) if view > 0 else None
-    images = image_dataset(samples, variant.size, config.batch_size, augment=augment)
+    augment, framed = None, None
+    if view > 0:  # an augmented view: some images framed like field photos, then every one augmented
+        augment = augmentation(config, seed=config.seed + 1000 * view)
+        framed = framed_loader([str(sample.path) for sample in samples], variant.size,
+                               seed=config.seed + 1000 * view, share=config.field_share)
+    images = image_dataset(samples, variant.size, config.batch_size, augment=augment, loader=framed)
     print(f"  extracting {variant.id} features: {split}" + (f" (augmented view {view})" if view else ""))
     if litert is not None:
         outputs = run_litert(bottom, litert, images, len(samples))

@@ -12,16 +12,20 @@ Each function below turns a training image into one of those framings:
 - `soften`: a light Gaussian blur (focus, motion, small butterflies upsampled by phones).
 
 `field_view` applies one of them, or "field", a chain of them; `RECOMMENDED` is the one
-`bench/field.py` measured best (see docs/BENCHMARKS.md).
+`bench/field.py` measured best (see docs/BENCHMARKS.md), and `framed_loader` is how the
+pipeline's augmented views use it (`Config.field_share`).
 Everything works on uint8 RGB arrays with numpy and Pillow, one image at a time, and is
-deterministic given the seed, so a cached augmented view can be reproduced. The pipeline can call
-`field_views` on a batch from `tf.numpy_function`, as `training.dataset` decodes images.
+deterministic given the seed, so a cached augmented view can be reproduced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
+
+from runtime import imaging
 
 # The recipe's knobs, in one place. Sides are fractions of the image side.
 ZOOM_OUT_SIDE = (0.3, 0.9)  # the butterfly image's side on the zoomed-out canvas
@@ -112,22 +116,21 @@ def field_view(image: np.ndarray, context: np.ndarray, rng: np.random.Generator,
     return np.asarray(picture, dtype=np.uint8)
 
 
-def field_views(images: np.ndarray, seed: int, recipe: str = RECOMMENDED, contexts: np.ndarray | None = None,
-                share: float = 1.0) -> np.ndarray:
-    """Augment a batch of (n, H, W, 3) images, the same way for the same `seed`.
+def framed_loader(paths: list[str], size: int, seed: int, share: float,
+                  recipe: str = RECOMMENDED) -> Callable[[int], np.ndarray]:
+    """A loader of training image i, (size, size, 3) uint8, framed like a field photo with
+    probability `share`: deterministic in (seed, i), so a cached view can be made again.
 
-    Each image is augmented with probability `share` and passed through unchanged otherwise, so
-    a cached view can mix field framings with the pipeline's usual augmentation.
-
-    Each image's context is `contexts[i]` if given, else another image of the batch (the batch
-    rolled by a random offset): shuffle the data first, or images of one class frame each other.
+    The context of a framed image is another training image drawn at random, so the
+    surroundings come from any class, as a meadow does not depend on the butterfly.
     """
-    rng = np.random.default_rng(seed)
-    images = np.asarray(images)
-    if contexts is None:
-        contexts = np.roll(images, int(rng.integers(1, max(2, len(images)))), axis=0)
-    pixels = np.clip(images, 0, 255).astype(np.uint8)
-    backgrounds = np.clip(contexts, 0, 255).astype(np.uint8)
-    chosen = rng.random(len(pixels)) < share
-    return np.stack([field_view(image, context, rng, recipe) if pick else image
-                     for image, context, pick in zip(pixels, backgrounds, chosen)])
+    def load(i: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, i])
+        pixels = imaging.load_pixels(paths[i], (size, size))
+        if len(paths) < 2 or rng.random() >= share:
+            return pixels
+        other = int(rng.integers(len(paths) - 1))
+        other += other >= i  # any training image but this one
+        return field_view(pixels, imaging.load_pixels(paths[other], (size, size)), rng, recipe)
+
+    return load
