@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from runtime import imaging, second_look  # noqa: E402
 from training import calibration, unknown  # noqa: E402
-from training.config import load_config  # noqa: E402  (no TensorFlow until a model is built)
+from training.config import ConfigError, load_config  # noqa: E402  (no TensorFlow until a model is built)
+from training.field import read as read_field_set  # noqa: E402
 from training.field_augment import field_view  # noqa: E402
 from training.folder import scan  # noqa: E402
 
@@ -73,25 +74,18 @@ def log(message: str) -> None:
 class FieldPhoto:
     path: Path
     mask: Path
-    label: int  # the butterflies50 class, or -1 for a species butterflies50 does not have
+    label: int  # the butterflies50 class, or -1 (`training.field.UNKNOWN`) for a species butterflies50 does not have
 
 
 def field_photos(root: Path, classes: list[str]) -> list[FieldPhoto]:
-    """leeds-field's photos with their masks and butterflies50 labels (README of the dataset)."""
-    mapping_file = root / "mapping.json"
-    if not mapping_file.is_file():
-        raise SystemExit(f"{mapping_file}: missing (--field must be a leeds-field-like folder with mapping.json)")
-    mapping = json.loads(mapping_file.read_text(encoding="utf-8"))
-    photos = []
-    for folder, name in sorted(mapping.items()):
-        if name is not None and name not in classes:
-            raise SystemExit(f"{mapping_file}: {folder} maps to {name!r}, which is not a class of the training data")
-        label = -1 if name is None else classes.index(name)
-        for path in sorted((root / "images" / folder).glob("*.jpg")):
-            photos.append(FieldPhoto(path, root / "masks" / folder / f"{path.stem}.png", label))
-    if not photos:
-        raise SystemExit(f"{root}/images: no photos found for the folders of mapping.json")
-    return photos
+    """leeds-field's photos (images/, labelled through mapping.json by `training.field`, as
+    `compare --field-data --field-map` reads them) with their masks."""
+    try:
+        field_set = read_field_set(root / "images", root / "mapping.json", classes)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    return [FieldPhoto(photo.path, (root / "masks" / photo.path.relative_to(field_set.folder)).with_suffix(".png"), photo.label)
+            for photo in field_set.photos]
 
 
 @dataclass

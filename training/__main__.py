@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="what computes cached features (default auto: LiteRT on a CPU)")
     compare.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
     compare.add_argument("--strategy", choices=["default", "mirrored"], help="mirrored: all local GPUs")
+    compare.add_argument("--field-data", metavar="DIR",
+                         help="field set, measured and never trained on: a folder of class folders (with --field-map)")
+    compare.add_argument("--field-map", metavar="FILE",
+                         help="JSON file mapping each folder of --field-data to a training class, or null for an unknown one")
 
     check = commands.add_parser("check-data", help="check a dataset folder and print its report")
     check.add_argument("data")

@@ -61,6 +61,10 @@ class Config:
     cache_dir: str = ".cache/features"  # bottleneck features, shared by all runs on a dataset
     backbones: list[str] = field(default_factory=lambda: ["resnet50", "vgg16", "inceptionv3", "mobilenet"])
     subject: str = "class"  # what the classes are, for the app's texts, e.g. "butterfly species"
+    # A field set, measured and never trained on (`training.field`): a folder of class folders, and a
+    # JSON file mapping each folder to a training class name, or to null for a species the data lacks.
+    field_data: str | None = None
+    field_map: str | None = None
 
     # Starting weights: "imagenet", "none", or a weights file; `weights_dir` holds Keras' files
     # by their Keras names (offline); `weight_files` maps a backbone to its own file (keyed by
@@ -219,9 +223,12 @@ def check_backbones(config: Config) -> None:
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
     """Defaults, then the TOML file at `path` (if any), then `overrides` that are not None.
 
-    Every setting is checked here, before any work: types and ranges, backbones, and the
-    places results go. An error names the setting and where it came from (the file or "options").
+    Every setting is checked here, before any work: types and ranges, backbones, the places
+    results go, and the field set's folders and mapping (its class names wait for the dataset's
+    scan). An error names the setting and where it came from (the file or "options").
     """
+    from training.field import check_settings as check_field_set  # it needs `ConfigError` from here
+
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -245,6 +252,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> Config:
         check_writable(config.run_dir, "run")
         if config.weights_dir and not Path(config.weights_dir).is_dir():
             raise ConfigError(f"weights_dir {config.weights_dir}: no such folder", "weights_dir")
+        check_field_set(config.field_data, config.field_map)
     except ConfigError as error:  # say where the bad value came from
         where = "options" if path is None or error.setting in given else path
         raise ConfigError(f"{where}: {error}", error.setting) from None

@@ -19,6 +19,10 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from training.artifacts import save_figure, write_csv
 
+# The test split's probabilities, as `np.savez` keeps them ("probabilities", in the split's order in
+# run.json), beside metrics.json: what an ensemble of backbones averages (`training.ensemble`).
+TEST_PREDICTIONS = "test.npz"
+
 
 def metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str]) -> dict:
     """Top-1, top-5, macro-F1 and per-class precision/recall of predicted `probabilities`."""

@@ -9,14 +9,21 @@
         <backbone>/model.keras        the fine-tuned classifier (raw RGB 0..255 in)
         <backbone>/labels.json        class names in output order
         <backbone>/metrics.json       test metrics, sizes, times
+        <backbone>/trust.json         temperature and "not sure" threshold (`training.trust`)
+        <backbone>/trust.npz, test.npz   what the trust and evaluate steps predicted (for the ensemble)
+        <backbone>/field-<fingerprint>.npz   its probabilities of a field set's photos (`training.field`)
         <backbone>/confusion_matrix.{csv,png}, training_curves.png
-        comparison.{md,csv,json,png}, dataset.png   (`training.report`)
+        comparison.{md,csv,json,png}, dataset.png   (`training.report`; the ensemble row: `training.ensemble`)
 
 Each backbone goes through `STEPS`: cached features, phase 1 (the head), phase 2 (fine-tuning,
 itself resumable epoch by epoch), evaluation. A step writes its outputs first, each file
 atomically, and only then records itself in `state.json` (also atomically). A run killed at any
 instant therefore leaves either a step done, with all its outputs, or a step to do again, and
 running the same command again picks up at the first step not recorded.
+
+A field set (`field_data`, `field_map`) is measured after the steps, from the saved model.keras,
+and kept per backbone under the set's fingerprint: naming one for a finished run measures it
+without retraining anything, and it never changes a step's result (so it is not in config.json).
 
 A step depends only on the files of the steps before it: the classifier is built from the seed
 (the same initial weights in every process), loads the weights of the steps done, and every step
@@ -43,12 +50,12 @@ import numpy as np
 import tensorflow as tf
 
 from runtime.model_folder import LABELS_FILE
-from training import trust
+from training import ensemble, field, trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
 from training.backbones import Variant, parse_variant, resolve_weights
 from training.config import Config
 from training.dataset import image_dataset
-from training.evaluate import latency_ms, metrics, write_confusion, write_curves
+from training.evaluate import TEST_PREDICTIONS, latency_ms, metrics, write_confusion, write_curves
 from training.features import Features, bottom_file, extract, training_features, uses_litert, weights_id
 from training.finetune import fine_tune, restore_best
 from training.folder import SPLITS, ImageFolder, scan
@@ -60,7 +67,8 @@ from training.trust import pooled_and_logits
 
 # Settings that do not change a backbone's result, so a resumed run may differ in them.
 NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
-                       "frozen_until", "extract_engine", "subject"}  # extract_engine: same features to rounding
+                       "frozen_until", "extract_engine", "subject",  # extract_engine: same features to rounding
+                       "field_data", "field_map"}  # measured after training, never trained on
 STEPS = ("features", "head", "fine_tune", "trust", "evaluate")
 TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "trust": "calibration and held-out species",
           "evaluate": "evaluation"}
@@ -117,6 +125,9 @@ def compare(config: Config) -> list[dict]:
     }
     dataset = scan(config.data, config.seed, config.split)
     print(dataset.report())
+    field_set = field.read(config.field_data, config.field_map, dataset.classes) if config.field_data else None
+    if field_set is not None:
+        print(field_set.report())
     settings = {v.id: BackboneSettings.resolve(config, dataset, v, weights[v.id]) for v in variants}
     run_dir = config.run_dir
     for variant in variants:  # Refuse before writing anything.
@@ -129,11 +140,18 @@ def compare(config: Config) -> list[dict]:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
 
-    rows = []
+    rows, field_probabilities = [], {}
     for variant in variants:
         print(f"\n== {variant.id} ({variant.size}x{variant.size}, weights: {weights[variant.id] or 'none'})")
-        rows.append(BackboneRun(config, dataset, variant, weights[variant.id], settings[variant.id], strategy).train())
-    rows = write_comparison(run_dir, rows)
+        run = BackboneRun(config, dataset, variant, weights[variant.id], settings[variant.id], strategy)
+        row = run.train()
+        if field_set is not None:
+            field_probabilities[variant.id] = run.field_probabilities(field_set)
+            row = {**row, **run.field_columns(field_set, field_probabilities[variant.id])}
+        rows.append(row)
+    members = ensemble.members(run_dir, rows, field_probabilities)
+    combined = ensemble.ensemble_row(members, dataset, field_set) if members else None
+    rows = write_comparison(run_dir, rows, combined, field_set)
     print("\n" + (run_dir / "comparison.md").read_text())
     return rows
 
@@ -155,6 +173,12 @@ def write_run(run_dir: Path, config: Config, dataset: ImageFolder) -> None:
         "splits": {s: [str(sample.path) for sample in dataset.splits[s]] for s in SPLITS},
         "labels": {s: [dataset.classes[sample.label] for sample in dataset.splits[s]] for s in SPLITS},
     })
+
+
+def write_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Save named arrays as one .npz file, atomically (`training.artifacts`)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)
 
 
 def kill_point(moment: str) -> None:
@@ -270,8 +294,9 @@ class BackboneRun:
         frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
         train_pooled, _ = pooled_and_logits(self.classifier, frozen_until, train.activations[:plain], batch_size)
         valid_pooled, valid_logits = pooled_and_logits(self.classifier, frozen_until, valid.activations, batch_size)
-        measured = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels), valid_logits,
-                                 len(self.dataset.classes), self.config.seed)
+        measured, predictions = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
+                                              valid_logits, len(self.dataset.classes), self.config.seed)
+        write_arrays(self.folder / trust.PREDICTIONS_FILE, **predictions.arrays())
         write_json(self.folder / "trust.json", measured)
         served = measured["scores"].get(measured["score"], {})
         print(f"  temperature {measured['temperature']:.2f}; held-out species: AUROC {served.get('auroc', float('nan')):.3f}, "
@@ -291,6 +316,7 @@ class BackboneRun:
         with atomic_path(folder / "model.keras") as temporary:
             classifier.save(temporary)
         write_json(folder / LABELS_FILE, self.dataset.classes)
+        write_arrays(folder / TEST_PREDICTIONS, probabilities=probabilities)
         write_confusion(folder, labels, probabilities.argmax(axis=1), self.dataset.classes)
         write_curves(folder, self.done["head"]["history"], self.done["fine_tune"]["history"])
 
@@ -314,3 +340,27 @@ class BackboneRun:
         write_json(folder / "metrics.json", {"summary": summary, "test": scores, "timing": timing})
         print(f"  test top-1 {scores['top1']:.3f}, top-5 {scores['top5']:.3f}, macro-F1 {scores['macro_f1']:.3f}")
         return {"summary": summary}
+
+    # After the steps: a field set, measured on the saved model (a finished run included).
+
+    def field_probabilities(self, field_set: field.FieldSet) -> np.ndarray:
+        """The saved model's probabilities of every field photo, whole, as the evaluate step tests;
+        kept in field-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
+        path = self.folder / f"field-{field_set.fingerprint()}.npz"
+        if not path.is_file():
+            classifier = keras.models.load_model(self.folder / "model.keras")
+            photos = image_dataset(field_set.photos, self.variant.size, batch_size=32)
+            write_arrays(path, probabilities=classifier.predict(photos, verbose=0))
+        with np.load(path) as saved:
+            return saved["probabilities"]
+
+    def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray) -> dict[str, float | None]:
+        """This backbone's field columns; the unknown ones score with its temperature (trust.json,
+        which a backbone trained by an older version lacks: then they stay empty)."""
+        measured = self.folder / "trust.json"
+        scores = trust.served_score(probabilities, read_json(measured)["temperature"]) if measured.is_file() else None
+        columns = field.measure(field_set, probabilities, scores)
+        print(f"  field set: top-1 {columns['field_top1']:.3f}" + (
+            "" if columns["field_unknown_auroc"] is None else
+            f", unknown species AUROC {columns['field_unknown_auroc']:.3f}, FPR@95TPR {columns['field_unknown_fpr95']:.1%}"))
+        return columns

@@ -19,9 +19,17 @@ Every score of `training.unknown` is measured on the folds and recorded; the one
 calibrated max-softmax, the only one whose threshold carries from the fold heads to the real
 head unchanged: both are calibrated by their own temperature, while logit and energy scales, and
 feature-bank distances, differ from head to head or need features the exported model lacks.
+
+Beside trust.json, the step keeps what it predicted (`Predictions`, in trust.npz): the validation
+logits and each fold head's logits. An ensemble of backbones (`training.ensemble`) is calibrated
+and measured on held-out species from its members' predictions, without refitting anything.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -33,6 +41,38 @@ from training.model import top
 SERVED_SCORE = "max_softmax"
 HELD_OUT_SHARE = 0.2  # of the classes, left out in each fold (10 of 50)
 FOLDS = 5
+PREDICTIONS_FILE = "trust.npz"
+
+
+@dataclass(frozen=True)
+class FoldLogits:
+    """One leave-species-out fold as its refitted head saw it."""
+
+    held_out: np.ndarray  # the classes left out
+    logits: np.ndarray  # (queries, kept classes): the kept classes' validation images, then the held-out classes' images
+    known_labels: np.ndarray  # the classes of the first queries (the known ones), numbered among the kept classes
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What the trust step predicted, saved as `PREDICTIONS_FILE` for ensembles."""
+
+    valid_logits: np.ndarray
+    folds: list[FoldLogits]  # none below three classes
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """As saved: `np.savez` takes flat named arrays."""
+        arrays = {"valid_logits": self.valid_logits, "folds": np.array(len(self.folds))}
+        for index, fold in enumerate(self.folds):
+            arrays |= {f"fold{index}_{name}": value for name, value in dataclasses.asdict(fold).items()}
+        return arrays
+
+    @classmethod
+    def read(cls, path: Path) -> Predictions:
+        with np.load(path) as arrays:
+            names = [f.name for f in dataclasses.fields(FoldLogits)]
+            folds = [FoldLogits(*(arrays[f"fold{index}_{name}"] for name in names)) for index in range(int(arrays["folds"]))]
+            return cls(arrays["valid_logits"], folds)
 
 
 def pooled_and_logits(classifier: keras.Model, frozen_until: str | None, activations: np.ndarray,
@@ -51,9 +91,26 @@ def folds_for(classes: int) -> tuple[int, int]:
     return held_out, min(FOLDS, classes // held_out, classes - 2)
 
 
+def held_out_species(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray], held_out: int,
+                     folds: int, seed: int) -> tuple[list[unknown.Fold], list[FoldLogits]]:
+    """`unknown.held_out_species`, keeping each fold head's logits as well. The folds depend on
+    the seed and the number of classes only, so every backbone of a run holds out the same species
+    and an ensemble can average its members' fold predictions."""
+    kept = []
+
+    def score(train_x, train_y, valid_x, valid_y, queries):
+        head = unknown.fit_linear_head(train_x, train_y)
+        kept.append((head.logits(queries), valid_y))
+        return unknown.Scorer.fit(head, (train_x, train_y), (valid_x, valid_y)).scores(queries)
+
+    measured = unknown.leave_species_out(train, valid, score, held_out=held_out, folds=folds, seed=seed)
+    return measured, [FoldLogits(fold.held_out, logits, labels) for fold, (logits, labels) in zip(measured, kept)]
+
+
 def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-            valid_logits: np.ndarray, classes: int, seed: int) -> dict:
-    """The temperature, the served score's threshold and what every score did on held-out species.
+            valid_logits: np.ndarray, classes: int, seed: int) -> tuple[dict, Predictions]:
+    """The temperature, the served score's threshold and what every score did on held-out species
+    (trust.json), and the predictions they came from.
 
     `train` and `valid` are (pooled features, labels) of the plain training and validation images.
     With fewer than three classes no species can be held out: the threshold then answers 95% of
@@ -63,19 +120,29 @@ def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.nd
     held_out, folds = folds_for(classes)
     if folds < 1:
         known = unknown.max_softmax(valid_logits, temperature)
-        return {"temperature": temperature, "score": SERVED_SCORE,
-                "threshold": unknown.threshold_at_tpr(known), "held_out": None, "scores": {}}
-    summary = unknown.summarise(unknown.held_out_species(train, valid, held_out=held_out, folds=folds, seed=seed))
-    return {"temperature": temperature, "score": SERVED_SCORE, "threshold": summary[SERVED_SCORE]["threshold"],
-            "held_out": {"classes_per_fold": held_out, "folds": folds}, "scores": summary}
+        return ({"temperature": temperature, "score": SERVED_SCORE,
+                 "threshold": unknown.threshold_at_tpr(known), "held_out": None, "scores": {}},
+                Predictions(valid_logits, []))
+    measured, fold_logits = held_out_species(train, valid, held_out, folds, seed)
+    summary = unknown.summarise(measured)
+    return ({"temperature": temperature, "score": SERVED_SCORE, "threshold": summary[SERVED_SCORE]["threshold"],
+             "held_out": {"classes_per_fold": held_out, "folds": folds}, "scores": summary},
+            Predictions(valid_logits, fold_logits))
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Logits that give `probabilities`: softmax ignores a constant added to every logit, so
+    log-probabilities serve (clipped, as a float32 probability can round to 0)."""
+    return np.log(np.clip(probabilities, 1e-12, None))
+
+
+def served_score(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """The served unknown score (`SERVED_SCORE`) of each row of a model's probabilities."""
+    return unknown.max_softmax(log_probabilities(probabilities), temperature)
 
 
 def calibration_on_test(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
-    """Expected calibration error of the test split's answers, as trained and after temperature scaling.
-
-    Softmax ignores a constant added to every logit, so log-probabilities serve as logits here.
-    """
-    logits = np.log(np.clip(probabilities, 1e-12, None))
+    """Expected calibration error of the test split's answers, as trained and after temperature scaling."""
     return {"ece": calibration.expected_calibration_error(probabilities, labels),
             "ece_scaled": calibration.expected_calibration_error(
-                calibration.scaled_probabilities(logits, temperature), labels)}
+                calibration.scaled_probabilities(log_probabilities(probabilities), temperature), labels)}

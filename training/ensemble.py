@@ -1,0 +1,110 @@
+"""Stage 8a: the ensemble row: the compared backbones' probabilities averaged, measured like one backbone.
+
+Backbones trained on the same data still err on different images, so the average of their
+probabilities can beat each of them; the comparison table says whether it does, and at what
+cost. The row is computed from what every member kept, without running a model again:
+
+- test: the members' test probabilities (`TEST_PREDICTIONS`, written by the evaluate step),
+  averaged: top-1, top-5 and macro-F1;
+- calibration: a temperature fitted on the members' averaged validation probabilities (from the
+  validation logits of their trust step, `trust.Predictions`), as `training.calibration` fits one
+  for a single model: ECE of the test split before and after it;
+- held-out species: in each leave-species-out fold, the fold heads' probabilities averaged over
+  members (the folds hold out the same species for every backbone of a run: they share the seed),
+  calibrated on the fold's known images and scored by calibrated max-softmax, as the trust step
+  scores one backbone: AUROC and FPR@95TPR, averaged over the folds;
+- field set: the members' field probabilities averaged, scored with the ensemble's temperature;
+- cost: parameters, size, training times and latency are the members' sums: on a CPU the members
+  run one after the other. Members trained at different image sizes each see their own size.
+
+The ensemble is never the best row: export needs a single model. A member without the files above
+(trained by an older version) leaves the ensemble out, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import calibration, field, trust, unknown
+from training.evaluate import TEST_PREDICTIONS, metrics
+from training.folder import ImageFolder
+
+SUMMED = ("params_total", "params_trainable", "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One compared backbone: its table row and what it predicted."""
+
+    row: dict
+    test: np.ndarray  # test probabilities
+    predictions: trust.Predictions  # validation and fold logits
+    field_probabilities: np.ndarray | None  # with a field set
+
+
+def members(run_dir: Path, rows: list[dict], field_probabilities: dict[str, np.ndarray]) -> list[Member] | None:
+    """The members of the run's ensemble, or None (and a note why) when there is none to make:
+    fewer than two backbones, or one trained before its predictions were kept."""
+    if len(rows) < 2:
+        return None
+    folders = [run_dir / row["backbone"] for row in rows]
+    missing = [str(folder / name) for folder in folders for name in (TEST_PREDICTIONS, trust.PREDICTIONS_FILE)
+               if not (folder / name).is_file()]
+    if missing:
+        print(f"\nNo ensemble row: {', '.join(missing)} missing (trained by an older version; delete the folder "
+              "and run again to retrain it)")
+        return None
+    found = []
+    for row, folder in zip(rows, folders):
+        with np.load(folder / TEST_PREDICTIONS) as saved:
+            test = saved["probabilities"]
+        found.append(Member(row, test, trust.Predictions.read(folder / trust.PREDICTIONS_FILE),
+                            field_probabilities.get(row["backbone"])))
+    return found
+
+
+def ensemble_row(members: list[Member], dataset: ImageFolder, field_set: field.FieldSet | None) -> dict:
+    """The ensemble's row of the comparison table: the columns of a backbone's (see the module doc)."""
+    test_labels, valid_labels = (np.array([sample.label for sample in dataset.splits[s]]) for s in ("test", "valid"))
+    test = np.mean([member.test for member in members], axis=0)
+    valid = np.mean([calibration.scaled_probabilities(m.predictions.valid_logits) for m in members], axis=0)
+    temperature = calibration.fit_temperature(trust.log_probabilities(valid), valid_labels)
+    scores = metrics(test_labels, test, dataset.classes)
+    rows = [member.row for member in members]
+    return {
+        "backbone": "ensemble of " + " + ".join(row["backbone"] for row in rows), "ensemble": True,
+        "top1": scores["top1"], "top5": scores["top5"], "macro_f1": scores["macro_f1"],
+        **trust.calibration_on_test(test, test_labels, temperature),
+        **held_out_species(members),
+        **field_columns(members, field_set, temperature),
+        **{key: sum(row[key] for row in rows) for key in SUMMED},
+        "stand_in_weights": any(row["stand_in_weights"] for row in rows),
+    }
+
+
+def held_out_species(members: list[Member]) -> dict[str, float | None]:
+    """AUROC and FPR@95TPR of the ensemble's served score on held-out species, averaged over the
+    folds as `unknown.summarise` does for one backbone; None below three classes (no folds)."""
+    measured = []
+    for fold in zip(*(member.predictions.folds for member in members)):  # one `FoldLogits` per member
+        probabilities = np.mean([calibration.scaled_probabilities(member.logits) for member in fold], axis=0)
+        labels = fold[0].known_labels
+        known = len(labels)
+        temperature = calibration.fit_temperature(trust.log_probabilities(probabilities[:known]), labels)
+        scores = trust.served_score(probabilities, temperature)
+        measured.append((unknown.auroc(scores[:known], scores[known:]), unknown.fpr_at_tpr(scores[:known], scores[known:])))
+    if not measured:
+        return {"unknown_auroc": None, "unknown_fpr95": None}
+    auroc, fpr95 = np.mean(measured, axis=0)
+    return {"unknown_auroc": float(auroc), "unknown_fpr95": float(fpr95)}
+
+
+def field_columns(members: list[Member], field_set: field.FieldSet | None, temperature: float) -> dict[str, float | None]:
+    """The field columns of the members' averaged field probabilities (None without a field set)."""
+    if field_set is None:
+        return {"field_top1": None, "field_unknown_auroc": None, "field_unknown_fpr95": None}
+    probabilities = np.mean([member.field_probabilities for member in members], axis=0)
+    return field.measure(field_set, probabilities, trust.served_score(probabilities, temperature))
