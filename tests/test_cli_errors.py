@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from shapes import ROOT, make_dataset
+from shapes import ROOT, draw, make_dataset
 
 from training.__main__ import main
 
@@ -76,6 +77,18 @@ ROWS = [  # (arguments, phrase the error names)
     (COMPARE + ["--weights", "none", "--data", "{tmp}/nodata"], "no such dataset folder"),
     (["check-data", "{one_class}"], "a classifier needs at least two class folders"),
     (["check-data", "{small_pool}"], "at this split each class needs at least 10"),
+    # A field set: both options or neither, a folder and a mapping of its folders to classes.
+    (COMPARE + ["--field-data", "{field}"], "options: field_data needs field_map"),
+    (COMPARE + ["--field-map", "{field_map}"], "options: field_map needs field_data"),
+    (COMPARE + ["--field-data", "{tmp}/nofield", "--field-map", "{field_map}"], "field_data {tmp}/nofield: no such folder"),
+    (COMPARE + ["--field-data", "{field}", "--field-map", "{tmp}/nomap.json"], "field_map {tmp}/nomap.json: cannot read it"),
+    (COMPARE + ["--field-data", "{field}", "--field-map", "{file}"], "field_map {file}: not valid JSON"),
+    (COMPARE + ["--field-data", "{field}", "--field-map", '{json:{"a": "red circle", "c": null}}'],
+     "names folder(s) 'c' that {field} does not have"),
+    (COMPARE + ["--field-data", "{field}", "--field-map", '{json:{"a": "red circle"}}'], "does not map folder(s) 'b' of {field}"),
+    (COMPARE + ["--field-data", "{field}", "--field-map", '{json:{"a": null, "b": null}}'], "maps no folder to a training class"),
+    (COMPARE + ["--weights", "none", "--field-data", "{field}", "--field-map", '{json:{"a": "red circle", "b": "circle"}}'],
+     "b maps to 'circle', which is not a class of the training data"),  # known once the dataset is scanned
     # predict: the model folder, --top-k, --names, the target and --output, all before loading the model.
     (["predict", "--model", "{tmp}", "{data}"], "--model {tmp}: no model.keras here"),
     (["predict", "--model", "{model}", "{image}", "--top-k", "0"], "--top-k must be from 1 to the model's 3 classes, not 0"),
@@ -113,7 +126,12 @@ def places(tmp_path) -> dict[str, Path]:
     (model / "labels.json").write_text(json.dumps(["blue triangle", "green square", "red circle"]))
     (tmp_path / "run" / "run.json").write_text("{}")
     (tmp_path / "afile").write_text("not a folder")
+    for folder in ("a", "b"):  # a field set: folders a and b of one photo each
+        (tmp_path / "field" / folder).mkdir(parents=True)
+        draw("red circle", np.random.default_rng(0)).save(tmp_path / "field" / folder / "0.jpg")
+    (tmp_path / "field_map.json").write_text(json.dumps({"a": "red circle", "b": None}))
     return {"tmp": tmp_path, "data": tmp_path / "data", "one_class": tmp_path / "one_class",
+            "field": tmp_path / "field", "field_map": tmp_path / "field_map.json",
             "small_pool": tmp_path / "small_pool" / "train", "model": model, "file": tmp_path / "afile",
             "image": tmp_path / "data" / "test" / "red circle" / "0.jpg"}
 
@@ -131,11 +149,12 @@ def unwritable_folder(tmp_path: Path) -> Path:
 
 
 def expand(argument: str, places: dict[str, Path]) -> str:
-    """`{name}` -> that place; `{toml:TEXT}` -> a config file holding TEXT."""
-    if argument.startswith("{toml:"):
-        toml = places["tmp"] / f"config-{abs(hash(argument))}.toml"
-        toml.write_text(argument[len("{toml:"):-1] + "\n")
-        return str(toml)
+    """`{name}` -> that place; `{toml:TEXT}` or `{json:TEXT}` -> a config or mapping file holding TEXT."""
+    for kind in ("toml", "json"):
+        if argument.startswith(f"{{{kind}:"):
+            path = places["tmp"] / f"file-{abs(hash(argument))}.{kind}"
+            path.write_text(argument[len(kind) + 2:-1] + "\n")
+            return str(path)
     return argument.format(**places)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from field_sets import field_photos, make_field_set, predict
 from shapes import make_dataset
 
 from training.__main__ import build_parser, main
@@ -66,7 +67,8 @@ def transfer_run(out: Outcome) -> None:
 
 
 def plain_run(out: Outcome) -> None:
-    """Phase 1 alone, no augmentation, LiteRT extraction; one backbone from its own file, one from scratch."""
+    """Phase 1 alone, no augmentation, LiteRT extraction; one backbone from its own file, one from
+    scratch; a field set, measured for both backbones and their ensemble."""
     mobilenet = out.backbone("runs2/data", "mobilenet_0.25", "config.json")
     assert mobilenet["weights"] == str(out.places["standins"] / "mobilenet_2_5_224_tf_no_top.h5")  # --weights-file
     assert out.backbone("runs2/data", "mobilenetv2_0.35", "config.json")["weights"] == "none"  # --weights none
@@ -84,6 +86,34 @@ def plain_run(out: Outcome) -> None:
     for name in ("conv1", "conv_pw_13"):
         for saved, loaded in zip(backbone.get_layer(name).get_weights(), standin.get_layer(name).get_weights()):
             np.testing.assert_array_equal(saved, loaded)
+    field_and_ensemble(out.places["cwd"] / "runs2" / "data", out.places["field"], out.places["field_map"])
+
+
+def field_and_ensemble(run: Path, images: Path, mapping: Path) -> None:
+    """--field-data, --field-map: field top-1 per backbone, and the ensemble row (last, unranked, never
+    best) of both, as their saved models run by hand give them."""
+    *rows, combined = json.loads((run / "comparison.json").read_text())
+    assert [row["rank"] for row in rows] == [1, 2] and [row["best"] for row in rows] == [True, False]
+    assert combined["backbone"] == "ensemble of mobilenet_0.25 + mobilenetv2_0.35"
+    assert (combined["ensemble"], combined["rank"], combined["best"]) == (True, None, False)
+    assert combined["latency_ms"] == pytest.approx(sum(row["latency_ms"] for row in rows))
+    split = json.loads((run / "run.json").read_text())
+    classes = json.loads((run / "mobilenet_0.25" / "labels.json").read_text())
+    tests = [Path(path) for path in split["splits"]["test"]]
+    photos, labels = field_photos(images, mapping, classes)
+    known = labels >= 0
+    test_probabilities, field_probabilities = [], []
+    for row in rows:
+        probabilities = predict(run / row["backbone"], tests + photos)
+        test_probabilities.append(probabilities[:len(tests)])
+        field_probabilities.append(probabilities[len(tests):])
+        assert row["field_top1"] == pytest.approx(np.mean(field_probabilities[-1][known].argmax(1) == labels[known]))
+        assert 0 <= row["field_unknown_auroc"] <= 1
+    test_labels = np.array([classes.index(name) for name in split["labels"]["test"]])
+    assert combined["top1"] == pytest.approx(np.mean(np.mean(test_probabilities, axis=0).argmax(1) == test_labels))
+    field_top1 = np.mean(np.mean(field_probabilities, axis=0)[known].argmax(1) == labels[known])
+    assert combined["field_top1"] == pytest.approx(field_top1)
+    assert "| ensemble | ensemble of mobilenet_0.25 + mobilenetv2_0.35 |" in (run / "comparison.md").read_text()
 
 
 def stand_in(out: Outcome) -> None:
@@ -141,7 +171,8 @@ ROWS = [
          "--augment-views", "2", "--extract-engine", "keras", "--mixed-precision", "--strategy", "mirrored"), transfer_run),
     Row(("compare", "--data", "{data}", "--backbones", "mobilenet:0.25,mobilenetv2:0.35", "--output-dir", "runs2",
          "--weights", "none", "--weights-file", "mobilenet:0.25={standins}/mobilenet_2_5_224_tf_no_top.h5",
-         "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert"), plain_run),
+         "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert",
+         "--field-data", "{field}", "--field-map", "{field_map}"), plain_run),
     Row(("stand-in-weights", "standins-row", "--backbones", "mobilenet:0.25", "--seed", "3"), stand_in),
     Row(("check-data", "{data}"), dataset_report),
     Row(("predict", "--model", "{trained}/vgg16", "{data}/test/red circle/0.jpg", "--top-k", "2"), top_two),
@@ -188,7 +219,9 @@ def places(tmp_path_factory, trained_run) -> dict[str, Path]:
     (root / "config.toml").write_text("dropout = 0.3\nhead_patience = 5\n")
     (root / "names.json").write_text(json.dumps({"red circle": "Red Circle (shown)"}))
     (root / "cwd").mkdir()
+    field, field_map = make_field_set(root / "field")
     return {"data": make_dataset(root / "data", counts=(4, 2, 2)), "standins": root / "standins",
+            "field": field, "field_map": field_map,
             "config": root / "config.toml", "names": root / "names.json", "trained": trained_run, "cwd": root / "cwd"}
 
 

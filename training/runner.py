@@ -238,7 +238,10 @@ class BackboneRun:
 
     @cached_property
     def classifier(self) -> keras.Model:
-        """The classifier as the steps done so far left it: built from the seed, then their weights."""
+        """The classifier as the steps done so far left it: built from the seed, then their weights;
+        once every step is done, the model.keras they saved."""
+        if "evaluate" in self.done:
+            return keras.models.load_model(self.folder / "model.keras", compile=False)
         keras.utils.set_random_seed(self.config.seed)  # the same initial weights in every process
         with self.strategy.scope():
             classifier = build_classifier(self.variant, len(self.dataset.classes), self.weights, self.config.dropout)
@@ -344,13 +347,12 @@ class BackboneRun:
     # After the steps: a field set, measured on the saved model (a finished run included).
 
     def field_probabilities(self, field_set: field.FieldSet) -> np.ndarray:
-        """The saved model's probabilities of every field photo, whole, as the evaluate step tests;
-        kept in field-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
+        """The trained classifier's probabilities of every field photo, whole, as the evaluate step
+        tests; kept in field-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
         path = self.folder / f"field-{field_set.fingerprint()}.npz"
         if not path.is_file():
-            classifier = keras.models.load_model(self.folder / "model.keras")
             photos = image_dataset(field_set.photos, self.variant.size, batch_size=32)
-            write_arrays(path, probabilities=classifier.predict(photos, verbose=0))
+            write_arrays(path, probabilities=self.classifier.predict(photos, verbose=0))
         with np.load(path) as saved:
             return saved["probabilities"]
 

@@ -132,8 +132,11 @@ def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.nd
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """Logits that give `probabilities`: softmax ignores a constant added to every logit, so
-    log-probabilities serve (clipped, as a float32 probability can round to 0)."""
-    return np.log(np.clip(probabilities, 1e-12, None))
+    log-probabilities serve. A probability that underflowed to 0 counts as the smallest normal
+    number of its type: a higher floor would flatten the tails that rank a confident model's
+    answers by the served score."""
+    probabilities = np.asarray(probabilities)
+    return np.log(np.maximum(probabilities, np.finfo(probabilities.dtype).tiny))
 
 
 def served_score(probabilities: np.ndarray, temperature: float) -> np.ndarray:

@@ -1,0 +1,176 @@
+"""The field set (`training.field`) and the ensemble row (`training.ensemble`) of `compare`.
+
+A field set is measured on a finished run without retraining it (a copy of the session's
+`trained_run`), and its columns are checked against the saved model run by hand; the ensemble's
+arithmetic is checked on members whose predictions are made up, so that only the average gets
+every image right. (A real two-backbone run with a field set and its ensemble row, checked against
+both saved models: tests/test_cli_options.py, the `--field-data` row.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from field_sets import field_photos, make_field_set, predict
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from training import ensemble, field, trust, unknown
+from training.config import ConfigError, load_config
+from training.evaluate import TEST_PREDICTIONS
+from training.folder import ImageFolder, Sample
+from training.runner import compare
+
+UNCHANGED = ("state.json", "config.json", "model.keras", "metrics.json", "trust.json", "trust.npz", "test.npz")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, trained_run) -> Path:
+    """A copy of the session's finished run (less the training-state files it no longer needs)."""
+    copy = tmp_path_factory.mktemp("finished") / "shapes"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("*.weights.h5", "backup", "finetune_*"))
+    return copy
+
+
+def rerun(run: Path, field_data: Path | None, field_map: Path | None) -> tuple[list[dict], str]:
+    """`compare` again with the run's own settings (from run.json), and a field set; its rows and log."""
+    settings = json.loads((run / "run.json").read_text())["config"]
+    config = load_config(None, {**settings, "output_dir": str(run.parent), "cache_dir": str(run.parent / "cache"),
+                                "field_data": field_data and str(field_data), "field_map": field_map and str(field_map)})
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        rows = compare(config)
+    return rows, log.getvalue()
+
+
+def predict_field(folder: Path, images: Path, mapping: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The saved model's probabilities of the field photos, by hand, and their labels."""
+    paths, labels = field_photos(images, mapping, json.loads((folder / "labels.json").read_text()))
+    return predict(folder, paths), labels
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns) for name in UNCHANGED}
+
+
+def test_a_field_set_added_to_a_finished_run_is_measured_without_retraining(finished, tmp_path, trained_run):
+    images, mapping = make_field_set(tmp_path / "field")
+    before = snapshot(finished / "vgg16")
+    [row], log = rerun(finished, images, mapping)
+    assert "already trained" in log and "phase 1: head trained" not in log and "held-out species: AUROC" not in log
+    assert snapshot(finished / "vgg16") == before  # state.json, the model and its results untouched
+    assert len(list((finished / "vgg16").glob("field-*.npz"))) == 1
+
+    # The columns, from the saved model run by hand on the photos.
+    probabilities, labels = predict_field(finished / "vgg16", images, mapping)
+    known = labels >= 0
+    assert row["field_top1"] == pytest.approx(np.mean(probabilities[known].argmax(1) == labels[known]))
+    temperature = json.loads((finished / "vgg16" / "trust.json").read_text())["temperature"]
+    scores = unknown.max_softmax(np.log(probabilities.astype(np.float64)), temperature)  # the served score
+    assert row["field_unknown_auroc"] == pytest.approx(roc_auc_score(known, scores), abs=1e-9)
+    assert 0 <= row["field_unknown_auroc"] <= 1 and 0 <= row["field_unknown_fpr95"] <= 1
+
+    # Everything else is the run's own result; the table says what the field columns measured.
+    [trained] = json.loads((trained_run / "comparison.json").read_text())
+    assert trained["field_top1"] is None and trained["field_unknown_auroc"] is None  # no field set: empty
+    assert {k: v for k, v in row.items() if not k.startswith("field_")} == \
+           {k: v for k, v in trained.items() if not k.startswith("field_")}
+    table = (finished / "comparison.md").read_text()
+    assert f"Field: {images}: 9 photos of 3 known species, 3 of 1 unknown ones" in table
+    assert json.loads((finished / "comparison.json").read_text()) == [row]
+
+
+def test_without_unknown_species_the_unknown_field_columns_stay_empty(finished, tmp_path):
+    images, mapping = make_field_set(tmp_path / "field", unknown=False)
+    [row], _ = rerun(finished, images, mapping)
+    probabilities, labels = predict_field(finished / "vgg16", images, mapping)
+    assert row["field_top1"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
+    assert row["field_unknown_auroc"] is None and row["field_unknown_fpr95"] is None
+
+
+def test_reading_a_field_set(tmp_path):
+    images, mapping_file = make_field_set(tmp_path / "field")
+    classes = ["blue triangle", "green square", "red circle"]
+    (images / "00_circles" / "broken.jpg").write_text("not an image")
+    field_set = field.read(images, mapping_file, classes)
+    assert [photo.label for photo in field_set.photos] == [2] * 3 + [1] * 3 + [0] * 3 + [field.UNKNOWN] * 3
+    assert len(field_set.skipped) == 1 and "broken.jpg" in field_set.skipped[0]
+    fingerprint = field_set.fingerprint()
+    assert field.read(images, mapping_file, classes).fingerprint() == fingerprint
+    Image.new("RGB", (40, 40), "white").save(images / "09_crosses" / "0.jpg")  # a photo changes
+    assert field.read(images, mapping_file, classes).fingerprint() != fingerprint
+
+    mapping = json.loads(mapping_file.read_text())
+    wrong = tmp_path / "wrong.json"
+    for changed, phrase in [
+        ({**mapping, "00_circles": "purple star"}, "00_circles maps to 'purple star', which is not a class"),
+        ({**mapping, "10_stars": None}, "names folder(s) '10_stars' that"),
+        ({k: v for k, v in mapping.items() if k != "09_crosses"}, "does not map folder(s) '09_crosses'"),
+        (dict.fromkeys(mapping), "maps no folder to a training class"),
+        (["00_circles"], "expected a JSON object"),
+    ]:
+        wrong.write_text(json.dumps(changed))
+        with pytest.raises(ConfigError, match=re.escape(f"field_map {wrong}: ") + ".*" + re.escape(phrase)):
+            field.read(images, wrong, classes)
+    for name in ("0.jpg", "1.jpg", "2.jpg"):
+        (images / "01_squares" / name).write_text("not an image")
+    with pytest.raises(ConfigError, match="folder '01_squares' has no usable image"):
+        field.read(images, mapping_file, classes)
+
+
+def member(name: str, test: list[list[float]], fold: list[list[float]], known_labels: list[int], field_probabilities,
+           **row) -> ensemble.Member:
+    """A member with made-up predictions (validation logits: the log of its test probabilities)."""
+    logits = np.log(np.array(test))
+    folds = [trust.FoldLogits(np.array([2]), np.log(np.array(fold)), np.array(known_labels))]
+    cost = {key: row.get(key, 1) for key in ensemble.SUMMED}
+    return ensemble.Member({"backbone": name, **cost, "stand_in_weights": row.get("stand_in_weights", False)},
+                           np.array(test), trust.Predictions(logits, folds), np.array(field_probabilities))
+
+
+def test_the_ensemble_row_averages_its_members():
+    # Four test images of classes 0, 1, 2, 0: each member gets two right, and their average all four.
+    a = [[0.90, 0.05, 0.05], [0.05, 0.90, 0.05], [0.35, 0.40, 0.25], [0.30, 0.45, 0.25]]
+    b = [[0.30, 0.45, 0.25], [0.40, 0.35, 0.25], [0.05, 0.05, 0.90], [0.90, 0.05, 0.05]]
+    labels = [0, 1, 2, 0]
+    samples = [Sample(Path(f"{i}.jpg"), label, "") for i, label in enumerate(labels)]
+    dataset = ImageFolder(Path("."), ["a", "b", "c"], {"train": [], "valid": samples, "test": samples}, "splits")
+    # One fold (class 2 held out): two known images, then two unknown ones. Each member is as sure of
+    # one unknown image as of a known one (AUROC 0.625 alone); on average the unknown ones are the least sure.
+    fold_a = [[0.95, 0.05], [0.10, 0.90], [0.95, 0.05], [0.50, 0.50]]
+    fold_b = [[0.90, 0.10], [0.05, 0.95], [0.50, 0.50], [0.05, 0.95]]
+    field_set = field.FieldSet(Path("field"), {"x": "a", "y": "c", "z": None},
+                               [Sample(Path(f"{i}.jpg"), label, "") for i, label in enumerate([0, 2, -1])], [])
+    field_a, field_b = [[0.8, 0.1, 0.1], [0.7, 0.1, 0.2], [0.9, 0.05, 0.05]], [[0.2, 0.7, 0.1], [0.1, 0.5, 0.4], [0.1, 0.1, 0.8]]
+    members = [member("a", a, fold_a, [0, 1], field_a, latency_ms=10.0, params_total=100),
+               member("b", b, fold_b, [0, 1], field_b, latency_ms=5.5, params_total=20, stand_in_weights=True)]
+
+    row = ensemble.ensemble_row(members, dataset, field_set)
+    assert row["backbone"] == "ensemble of a + b" and row["ensemble"] is True
+    assert row["top1"] == 1.0 and row["macro_f1"] == 1.0  # each member alone: 0.5
+    assert [np.mean(np.argmax(m.test, 1) == labels) for m in members] == [0.5, 0.5]
+    assert row["latency_ms"] == 15.5 and row["params_total"] == 120 and row["stand_in_weights"] is True
+    assert row["unknown_auroc"] == 1.0 and row["unknown_fpr95"] == 0.0
+    assert row["field_top1"] == 0.5  # averaged: photo 0 right ("a"), photo 1 wrong ("a" beats "c")
+    assert 0 <= row["field_unknown_auroc"] <= 1 and row["ece_scaled"] is not None
+
+
+def test_no_ensemble_without_the_members_predictions(tmp_path, capsys):
+    rows = [{"backbone": "vgg16"}, {"backbone": "mobilenet_0.25"}]
+    for name in ("vgg16", "mobilenet_0.25"):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / TEST_PREDICTIONS, probabilities=np.eye(3))
+    np.savez(tmp_path / "vgg16" / trust.PREDICTIONS_FILE, **trust.Predictions(np.eye(3), []).arrays())
+    assert ensemble.members(tmp_path, rows[:1], {}) is None  # one backbone: nothing to average
+    assert capsys.readouterr().out == ""
+    assert ensemble.members(tmp_path, rows, {}) is None  # mobilenet_0.25 trained by an older version
+    assert f"No ensemble row: {tmp_path / 'mobilenet_0.25' / trust.PREDICTIONS_FILE} missing" in capsys.readouterr().out
+    np.savez(tmp_path / "mobilenet_0.25" / trust.PREDICTIONS_FILE, **trust.Predictions(np.eye(3), []).arrays())
+    assert [m.row["backbone"] for m in ensemble.members(tmp_path, rows, {})] == ["vgg16", "mobilenet_0.25"]
