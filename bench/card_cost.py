@@ -294,6 +294,8 @@ def real_run(name: str, config: Path, options: list[str], work: Path) -> list[di
                 "--output-dir", paths.shown(runs), "--cache-dir", paths.shown(cache)], work / f"{name}.log")
     rows = []
     for row in json.loads((runs / name / "comparison.json").read_text()):
+        if row["ensemble"]:  # the members' averaged row: no folder, no steps of its own
+            continue
         folder = runs / name / row["backbone"]
         timing = json.loads((folder / "metrics.json").read_text())["timing"]
         steps = json.loads((folder / "state.json").read_text())["steps"]

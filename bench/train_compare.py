@@ -3,11 +3,11 @@
 Named so as not to shadow the `training` package: a script's own folder comes first on sys.path.
 
 Run from the repository root (the longest of the benches: it trains every backbone of the config
-four times over, and the baseline; `--dry-run` only checks the paths):
+five times over, and the baseline; `--dry-run` only checks the paths):
 
-    .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--dry-run]
+    .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--field DIR] [--dry-run]
 
-Five jobs, each in its own process so its time and peak memory are its own, one after the other:
+Six jobs, each in its own process so its time and peak memory are its own, one after the other:
 1. the full recipe (`compare` with the config: cached features, head, fine-tuning) with an empty
    feature cache, on every backbone of the config (the config's `data` and `weights_dir`);
 2. the same comparison again as a new run with the cache warm;
@@ -15,7 +15,11 @@ Five jobs, each in its own process so its time and peak memory are its own, one 
    costs once the features exist, and what phase 2 adds to accuracy;
 4. the same comparison with label smoothing off, on the same cached features: what smoothing
    is worth, side by side;
-5. the original project's baseline recipe on the same data and weights: inputs rescaled by
+5. the same comparison without field framing in the augmented views (`--field-share 0`): what
+   framing a share of the training images like field photos is worth, on the test split and,
+   when a field set is there (`--field`, leeds-field by default), on field photos, measured
+   afterwards on the finished runs (`--field-data`, which retrains nothing);
+6. the original project's baseline recipe on the same data and weights: inputs rescaled by
    1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
 The runs are written to bench/results/, where bench/serving.py finds one to export.
 """
@@ -37,6 +41,7 @@ import sections
 ROOT = paths.ROOT
 OUT = ROOT / "bench" / "results"
 BASELINE_EPOCHS = 5
+FIELD = Path("../shared/datasets/leeds-field")  # images/ of class folders and mapping.json; measured, never trained on
 
 
 def run_job(args: list[str]) -> tuple[float, float]:
@@ -100,17 +105,22 @@ def baseline(config_path: Path, data: Path, weights: Path | None) -> None:
     (OUT / "baseline.json").write_text(json.dumps(results, indent=2))
 
 
-def results(run: str) -> list[dict]:
-    """A run's comparison table, one row per backbone, best first."""
-    return json.loads((OUT / run / "comparison.json").read_text())
+def results(run: str, ensemble: bool = False) -> list[dict]:
+    """A run's comparison table, one row per backbone, best first (and the ensemble's row last, if asked)."""
+    return [row for row in json.loads((OUT / run / "comparison.json").read_text()) if ensemble or not row["ensemble"]]
 
 
-def against(full: list[dict], run: str) -> list[dict]:
-    """Per backbone, test top-1 of the full recipe (`full`) and of another run on the same
-    cached features (`other`), and the full recipe's gain in points."""
-    other = {row["backbone"]: row["top1"] for row in results(run)}
-    return [{"backbone": r["backbone"], "full": r["top1"], "other": other[r["backbone"]],
-             "gain": 100 * (r["top1"] - other[r["backbone"]])} for r in full]
+def against(full: list[dict], run: str, column: str = "top1") -> list[dict]:
+    """Per backbone, `column` of the full recipe (`full`) and of another run on the same cached
+    features (`other`), and the full recipe's gain in points (None where not measured)."""
+    other = {row["backbone"]: row[column] for row in results(run)}
+    return [{"backbone": r["backbone"], "full": r[column], "other": other[r["backbone"]],
+             "gain": None if r[column] is None else 100 * (r[column] - other[r["backbone"]])} for r in full]
+
+
+def field_options(field: Path | None) -> list[str]:
+    """`compare`'s options that measure the field set at `field` (none when there is none)."""
+    return ["--field-data", str(field / "images"), "--field-map", str(field / "mapping.json")] if field else []
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -123,22 +133,31 @@ def test_images(data: Path) -> int:
     return sum(1 for path in (data / "test").rglob("*") if path.is_file() and not path.name.startswith("."))
 
 
-def benchmark(config: Path, data: Path) -> None:
-    """Run the five jobs one after the other, then print and record the section."""
+def benchmark(config: Path, data: Path, field: Path | None) -> None:
+    """Run the six jobs one after the other, then print and record the section."""
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    for run in ("cold", "warm", "warm-phase1", "no-smoothing"):
+    for run in ("cold", "warm", "warm-phase1", "no-smoothing", "no-field"):
         shutil.rmtree(OUT / run, ignore_errors=True)
     cold_s, cold_mb = run_job(compare(config, "cold", cache))
     warm_s, warm_mb = run_job(compare(config, "warm", cache))
     head_s, _ = run_job(compare(config, "warm-phase1", cache, "--no-fine-tune"))
     run_job(compare(config, "no-smoothing", cache, "--label-smoothing", "0"))
+    run_job(compare(config, "no-field", cache, "--field-share", "0"))
+    for run in ("cold", "no-field"):  # after the timed jobs: measuring the field set retrains nothing
+        if field:
+            run_job(compare(config, run, cache, *field_options(field)))
     base_s, base_mb = run_job([__file__, "--baseline", "--config", str(config)])
 
     full, warm = results("cold"), results("warm")
     base = json.loads((OUT / "baseline.json").read_text())
     phases, smoothing = against(full, "warm-phase1"), against(full, "no-smoothing")
+    framing, framing_field = against(full, "no-field"), against(full, "no-field", "field_top1")
+    framed = [{**test, "field_full": on_field["full"], "field_other": on_field["other"], "field_gain": on_field["gain"]}
+              for test, on_field in zip(framing, framing_field, strict=True)]
+    ensemble = results("cold", ensemble=True)[len(full):]
+    share = json.loads((OUT / "cold" / "run.json").read_text())["config"]["field_share"]
     phase1 = sum(row["phase1_s"] for row in full)
     warm_phase1 = sum(row["phase1_s"] for row in warm)
     best = max(row["top1"] for row in full)
@@ -178,6 +197,16 @@ def benchmark(config: Path, data: Path) -> None:
         table(smoothing, [("backbone", "{backbone}"), ("test top-1, smoothing 0.1", "{full:.1%}"),
                           ("test top-1, off", "{other:.1%}"), ("difference, points", "{gain:+.1f}")]),
         "",
+        f"### Field framing (`field_share` {share:g}) vs none, same cached plain features, same seed"
+        + (f"; field: {paths.shown(field)}, known species only" if field else "; no field set"),
+        table(framed, [("backbone", "{backbone}"), ("test top-1, framing", "{full:.1%}"), ("test top-1, none", "{other:.1%}"),
+                       ("difference, points", "{gain:+.1f}")]
+              + ([("field top-1, framing", "{field_full:.1%}"), ("field top-1, none", "{field_other:.1%}"),
+                  ("difference, points", "{field_gain:+.1f}")] if field else [])),
+        "",
+        *([f"Ensemble of the {len(full)} (averaged probabilities): test top-1 {ensemble[0]['top1']:.1%}"
+           + (f", field top-1 {ensemble[0]['field_top1']:.1%}" if field else "")
+           + f", CPU ms/image {ensemble[0]['latency_ms']:.1f} (the members' sum).", ""] if ensemble else []),
         f"### Original baseline (1/255 inputs, frozen base, dense head, no cache, {BASELINE_EPOCHS} epochs)",
         table(base, [("backbone", "{backbone}"), ("test top-1", "{top1:.1%}"), ("top-5", "{top5:.1%}"),
                      ("macro-F1", "{macro_f1:.3f}"), ("training s", "{train_s:.0f}")]),
@@ -194,6 +223,9 @@ def benchmark(config: Path, data: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     paths.add_options(parser)
+    parser.add_argument("--field", type=Path, default=FIELD,
+                        help="a field set to measure the runs on: images/ of class folders and mapping.json "
+                             "(default: leeds-field; skipped with a note when absent)")
     parser.add_argument("--baseline", action="store_true",
                         help="run the baseline job alone (the benchmark runs it so, in a process of its own)")
     args = parser.parse_args(argv)
@@ -201,12 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     weights = paths.folder(args.config, "weights_dir", required=False)
     print(f"{paths.shown(args.config)}: data {paths.shown(data)}, weights {paths.shown(weights) if weights else 'downloaded'}; "
           f"runs written to {paths.shown(OUT)}", file=sys.stderr)
+    field = args.field if (args.field / "mapping.json").is_file() and (args.field / "images").is_dir() else None
+    print(f"field set: {paths.shown(field) if field else f'none ({args.field} has no images/ and mapping.json)'}",
+          file=sys.stderr)
     if args.dry_run:
         return
     if args.baseline:
         baseline(args.config, data, weights)
     else:
-        benchmark(args.config, data)
+        benchmark(args.config, data, field)
 
 
 if __name__ == "__main__":

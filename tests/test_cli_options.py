@@ -54,6 +54,7 @@ def transfer_run(out: Outcome) -> None:
     assert (settings["head_learning_rate"], settings["fine_tune_learning_rate"]) == (0.01, 1e-3)
     assert config["fine_tune_learning_rate"] == pytest.approx(2e-3)  # the registry's 2x for MobileNet
     assert (settings["mixed_precision"], settings["strategy"]) == (True, "mirrored")
+    assert settings["field_share"] == 0.5  # --field-share
     steps = out.backbone("runs/named", "mobilenet_0.25", "state.json")["steps"]
     assert len(steps["head"]["history"]["loss"]) == 2  # --head-epochs
     assert len(steps["fine_tune"]["history"]) == 1  # --fine-tune-epochs
@@ -63,6 +64,7 @@ def transfer_run(out: Outcome) -> None:
     assert not [name for name in cache if name.endswith(".tflite")]  # --extract-engine keras: no LiteRT bottom
     model = keras.models.load_model(run / "mobilenet_0.25" / "model.keras")
     assert model.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"  # --mixed-precision
+    assert model.output.dtype == "float32"  # while the probabilities stay float32
     assert model.input.shape[1:] == (32, 32, 3)
 
 
@@ -168,7 +170,8 @@ ROWS = [
          "--output-dir", "runs", "--cache-dir", "cache", "--weights-dir", "{standins}", "--image-size", "32",
          "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.2",
          "--head-learning-rate", "0.01", "--fine-tune-epochs", "1", "--fine-tune-learning-rate", "1e-3",
-         "--augment-views", "2", "--extract-engine", "keras", "--mixed-precision", "--strategy", "mirrored"), transfer_run),
+         "--augment-views", "2", "--field-share", "0.5", "--extract-engine", "keras", "--mixed-precision", "--strategy",
+         "mirrored"), transfer_run),
     Row(("compare", "--data", "{data}", "--backbones", "mobilenet:0.25,mobilenetv2:0.35", "--output-dir", "runs2",
          "--weights", "none", "--weights-file", "mobilenet:0.25={standins}/mobilenet_2_5_224_tf_no_top.h5",
          "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert",

@@ -172,25 +172,6 @@ def test_learnability_on_an_easy_task(trained_run):
     assert run["config"]["weights"] == "none" and len(run["splits"]["test"]) == 12
 
 
-def test_mixed_precision_and_mirrored_strategy_run_end_to_end(tmp_path):
-    """The GPU options work here too (CPU as the one device); the output stays float32."""
-    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
-    result = run_cli("compare", "--data", str(data), "--output-dir", str(tmp_path / "runs"),
-                     "--cache-dir", str(tmp_path / "cache"), "--backbones", "mobilenet:0.25", "--weights", "none",
-                     "--image-size", "32", "--head-epochs", "2", "--fine-tune-epochs", "1",
-                     "--mixed-precision", "--strategy", "mirrored")
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    folder = tmp_path / "runs" / "data" / "mobilenet_0.25"
-    resolved = json.loads((folder / "config.json").read_text())
-    config = resolved["settings"]
-    assert config["mixed_precision"] is True and config["strategy"] == "mirrored"
-    # MobileNet's registry entry doubles the phase-2 learning rate; the rate used is recorded.
-    assert resolved["fine_tune_learning_rate"] == pytest.approx(2 * config["fine_tune_learning_rate"])
-    model = keras.models.load_model(folder / "model.keras")
-    assert model.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"  # computes in float16
-    assert model.output.dtype == "float32"  # while the probabilities stay float32
-
-
 def test_nested_class_folders_train_and_export_with_their_labels(tmp_path):
     """An image in a subfolder of its class folder still belongs to that class: in run.json's
     labels, and so in the export's own test (LiteRT scores the same as Keras) and samples."""

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--fine-tune-epochs", type=int)
     compare.add_argument("--fine-tune-learning-rate", type=float)
     compare.add_argument("--augment-views", type=int, help="augmented copies of each training image to cache")
+    compare.add_argument("--field-share", type=float,
+                         help="share of each augmented view framed like a field photo (default 0.25; 0: none)")
     compare.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     compare.add_argument("--no-fine-tune", dest="fine_tune", action="store_false", default=None)
     compare.add_argument("--extract-engine", choices=["auto", "litert", "keras"],
