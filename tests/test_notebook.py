@@ -32,8 +32,11 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert f"**{LABEL}**: " in table  # the comparison says its accuracy is meaningless
     assert sum("image/png" in data for data in shown) == 4  # table chart, dataset, curves, confusion matrix
     rows = json.loads((tmp_path / "work" / "saved_models" / "shapes" / "comparison.json").read_text())
-    assert [row["rank"] for row in rows] == [1, 2] and [row["best"] for row in rows] == [True, False]
-    assert rows == sorted(rows, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
+    ranked = [row for row in rows if not row["ensemble"]]
+    assert [row["rank"] for row in ranked] == [1, 2] and [row["best"] for row in ranked] == [True, False]
+    assert ranked == sorted(ranked, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
+    assert [row["ensemble"] for row in rows] == [False, False, True]  # the two averaged, last, never best
+    assert not rows[-1]["best"]
     with zipfile.ZipFile(tmp_path / "work" / "deploy.zip") as archive:
         names = archive.namelist()
     assert {"model.tflite", "labels.json", "model_card.json"} <= {name.rsplit("/", 1)[-1] for name in names}
