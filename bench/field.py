@@ -116,7 +116,7 @@ class Model:
     key: str  # names its cache folder
     size: int
     feature_map: Callable[[np.ndarray], np.ndarray]
-    head: unknown.Linearunknown.LinearHead | None = None  # None: frozen features, a head is fitted here
+    head: unknown.LinearHead | None = None  # None: frozen features, a head is fitted here
     notes: list[str] = field(default_factory=list)
 
 
@@ -124,10 +124,11 @@ def litert_feature_map(keras_model, path: Path) -> Callable[[np.ndarray], np.nda
     """`keras_model` (pixels -> {"feature_map"}) run through LiteRT, as the app runs models."""
     from runtime.litert import LiteRTModel
     from training.artifacts import atomic_path
+    from training.model import to_litert
 
     if not path.is_file():
         with atomic_path(path) as temporary:
-            keras_model.export(str(temporary), format="litert", verbose=False)
+            to_litert(keras_model, temporary)
     model = LiteRTModel(path, ["feature_map"], num_threads=2)
     return lambda pixels: model(pixels)["feature_map"]
 
