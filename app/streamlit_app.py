@@ -14,7 +14,10 @@ what it could be.
 Streamlit reruns this whole script on every click. Loading a model is the only slow step,
 so `st.cache_resource` does it once per process and shares the model between all visitors.
 Nothing photo-sized is kept in `st.session_state`: each rerun decodes the upload again (a few
-milliseconds) and the page only shows thumbnails, so memory does not grow with each visitor.
+milliseconds) and the page only shows thumbnails. So that memory does not grow with each
+visitor (bench/load.py measures 16 at once), photos are worked on one at a time, what their work
+freed goes back to the system, and a closed tab's session and photos are freed within seconds
+(`app.memory`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from streamlit.errors import StreamlitSecretNotFoundError  # noqa: E402
+from streamlit.runtime.scriptrunner import get_script_run_ctx  # noqa: E402
 from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 
 from app.inference import Classifier, find_models, find_samples, heatmap  # noqa: E402
+from app.memory import ClosedTabs, PhotoSlots, tune_allocator  # noqa: E402
 from runtime import imaging, second_look  # noqa: E402
 from runtime.answer import Answer, answer, logits  # noqa: E402
 from runtime.litert import ModelError  # noqa: E402
@@ -81,6 +86,26 @@ def model_dir_secret() -> str | None:
 def load_classifier(folder: Path) -> Classifier:
     """Load a model folder once per process; `Classifier.predict` is safe to share across sessions."""
     return Classifier(folder)
+
+
+@st.cache_resource(show_spinner=False)
+def photo_slots() -> PhotoSlots:
+    """The process's photo slots: one photo decoded and classified at a time (`app.memory`)."""
+    return PhotoSlots()
+
+
+@st.cache_resource(show_spinner=False)
+def closed_tabs() -> ClosedTabs:
+    """The process's watch on closed tabs, whose sessions (and photos) it frees (`app.memory`); made
+    on the first run, which also fixes malloc's mmap threshold before the first upload comes in."""
+    tune_allocator()
+    return ClosedTabs()
+
+
+def watch_session() -> None:
+    """Count this run's tab as open, so that its session is shut down soon after it closes."""
+    if (context := get_script_run_ctx()) is not None:  # None: run outside a Streamlit server
+        closed_tabs().visited(context.session_id)
 
 
 def load_classifiers(root: Path) -> list[Classifier]:
@@ -222,17 +247,32 @@ def show_answer(photo: Image.Image, seen: Seen, subject: str) -> None:
         st.markdown(f"The model is not sure this is a {subject} it knows. Could be: {could_be(result)}.")
         caption = "Where the model looked"
     st.image(heatmap(thumbnail(photo), seen.class_map), caption=caption)
-    st.bar_chart(
+    # A Vega-Lite spec rather than st.bar_chart, which builds the same chart with Altair: importing
+    # Altair costs the server some 25 MB for good, for a chart this simple.
+    st.vega_lite_chart(
         {"class": [label for label, _ in result.could_be], "probability": [share for _, share in result.could_be]},
-        x="class", y="probability", horizontal=True, sort="-probability", height=220,
+        {
+            "mark": {"type": "bar", "tooltip": True},
+            "encoding": {
+                "y": {"field": "class", "type": "nominal", "sort": "-x", "title": None},
+                "x": {"field": "probability", "type": "quantitative", "axis": {"format": "%"}},
+            },
+        },
+        height=220,
     )
 
 
 def thumbnail(image: Image.Image) -> Image.Image:
-    """A copy of `image` no bigger than DISPLAY_SIZE: all the page needs, and all it sends."""
-    small = image.copy()
-    small.thumbnail(DISPLAY_SIZE)
-    return small
+    """A copy of `image` no bigger than DISPLAY_SIZE: all the page needs, and all it sends.
+
+    Resized straight from the photo, as `Image.thumbnail` resizes: not a full-size copy first
+    (12 MB for a phone photo decoded for the second look) that only lives to be shrunk.
+    """
+    scale = min(DISPLAY_SIZE[0] / image.width, DISPLAY_SIZE[1] / image.height)
+    if scale >= 1:
+        return image.copy()
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 # --- The crop tool -------------------------------------------------------------------------------
@@ -282,10 +322,14 @@ def predict_page(root: Path, classifier: Classifier) -> None:
     st.title(f"Which {subject} is it?")
     st.caption(describe(classifier))
     photos = choose_photos(root)
-    if len(photos) == 1:
-        one_photo(*photos[0], classifier)
-    elif photos:
-        many_photos(photos, classifier)
+    if not photos:
+        return
+    # One photo in work at a time, whatever the number of visitors (`app.memory`).
+    with photo_slots().slot():
+        if len(photos) == 1:
+            one_photo(*photos[0], classifier)
+        else:
+            many_photos(photos, classifier)
 
 
 def one_photo(name: str, data: bytes, classifier: Classifier) -> None:
@@ -350,6 +394,12 @@ def compare_page(root: Path, classifiers: list[Classifier]) -> None:
     name, data = photos[0]
     if len(photos) > 1:
         st.info(f"The models are compared on the first photo, {name}.")
+    with photo_slots().slot():
+        side_by_side(name, data, classifiers)
+
+
+def side_by_side(name: str, data: bytes, classifiers: list[Classifier]) -> None:
+    """Each model's answer for the photo, in a column of its own."""
     images = [decode(name, data, classifier) for classifier in classifiers]
     if any(image is None for image in images):
         return
@@ -474,6 +524,7 @@ def show_confusion(path: Path) -> None:
 def main() -> None:
     """Lay out the page the visitor chose in the sidebar."""
     root = model_root()
+    watch_session()
     classifiers = load_classifiers(root)
     subject = classifiers[best(classifiers)].card["subject"] if classifiers else None
     st.set_page_config(page_title=f"Which {subject} is it?" if subject else "Classifier", page_icon="🔎", layout="wide")
