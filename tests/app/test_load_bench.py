@@ -110,3 +110,11 @@ def test_photos_are_enlarged_to_phone_size_under_the_upload_limit(photo_folder: 
     assert [max(photo.size) for photo in photos] == list(load.PHONE_SIDES[:2])
     assert all(0.3 < photo.megabytes < 9 for photo in photos), [photo.megabytes for photo in photos]
     assert len({photo.path.name for photo in photos}) == 2  # each its own name: how the page's answer is found
+
+
+def test_help_names_every_option() -> None:
+    result = bench("--help", timeout=60)
+    assert result.returncode == 0
+    for option in ("--model-root", "--stand-in", "--tabs", "--per-tab", "--photos", "--as-is", "--settle", "--json",
+                   "--before", "--dry-run", "--no-record"):
+        assert option in result.stdout
