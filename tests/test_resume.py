@@ -18,8 +18,8 @@ from shapes import ROOT, make_dataset
 from training.config import Config
 from training.runner import STEPS, compare
 
-ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "5",
-        "--fine-tune-epochs", "10", "--run", "resumable"]
+ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "3",
+        "--fine-tune-epochs", "6", "--run", "resumable"]
 
 
 def command(data, out) -> list[str]:
@@ -51,20 +51,20 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     first = subprocess.Popen(command(data, out), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while len(epochs_logged(log)) < 3 and first.poll() is None and time.time() < deadline:
+    while len(epochs_logged(log)) < 2 and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)  # no chance to clean up: like a power cut
     first.wait()
     killed_after = epochs_logged(log)
-    assert 3 <= len(killed_after) < 10, "the run must be killed mid fine-tuning"
+    assert 2 <= len(killed_after) < 6, "the run must be killed mid fine-tuning"
     assert not (folder / "metrics.json").exists()
 
     second = run(command(data, out))
     assert second.returncode == 0, second.stdout + second.stderr
     assert "phase 1 already done" in second.stdout
     logged = epochs_logged(log)
-    assert sorted(set(logged)) == list(range(10))  # every epoch, once finished
-    assert len(logged) <= 11  # resumed, not restarted: at most the epoch cut short runs twice
+    assert sorted(set(logged)) == list(range(6))  # every epoch, once finished
+    assert len(logged) <= 7  # resumed, not restarted: at most the epoch cut short runs twice
     assert logged[len(killed_after)] >= len(killed_after) - 1
 
     # No temporary or corrupt file anywhere; every result reads back.
@@ -80,10 +80,10 @@ def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_p
     data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
     reference = compare(Config(data=str(data), run="reference", output_dir=str(tmp_path / "runs"),
                                cache_dir=str(tmp_path / "reference-cache"), backbones=["vgg16"], weights="none",
-                               image_size=32, head_epochs=4, fine_tune_epochs=2, augment=False, batch_size=8))
+                               image_size=32, head_epochs=2, fine_tune_epochs=1, augment=False, batch_size=8))
     args = ["compare", "--data", str(data), "--run", "killed", "--output-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--backbones", "vgg16", "--weights", "none", "--image-size", "32",
-            "--head-epochs", "4", "--fine-tune-epochs", "2", "--no-augment", "--batch-size", "8"]
+            "--head-epochs", "2", "--fine-tune-epochs", "1", "--no-augment", "--batch-size", "8"]
     folder = tmp_path / "runs" / "killed" / "vgg16"
     points = [f"{moment}:{step}" for step in STEPS for moment in ("before", "after")]
     chain = run([sys.executable, str(ROOT / "tests" / "kill_chain.py"), str(folder / "state.json"), ",".join(points),
