@@ -1,49 +1,16 @@
 """Shared fixtures: a generated dataset and one run trained on it, reused across test files.
 
-Both are made once per `pytest` session, even with several pytest-xdist workers: the first
-worker to need them builds them in the session's shared temporary folder, under a lock, and
-the others read what it left there. Tests read them and write their own outputs elsewhere.
+Both are made once per `pytest` session, whatever the number of xdist workers (`sessions`):
+tests read them and write their own outputs elsewhere.
 """
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sessions import once_per_session
 from shapes import make_dataset
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the block."""
-    with open(path, "a") as file:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
-
-
-def once_per_session(factory: pytest.TempPathFactory, worker_id: str, name: str,
-                     build: Callable[[Path], None]) -> Path:
-    """`build(folder)` run once for the whole session, whichever worker asks first; the folder.
-
-    A `name.done` marker, written after `build` returns, tells the later workers (and a worker
-    that finds a half-built folder left by a failed build) whether the folder is complete."""
-    if worker_id == "master":  # no xdist workers: this process is the whole session
-        folder = factory.mktemp(name)
-        build(folder)
-        return folder
-    shared = factory.getbasetemp().parent  # pytest-N/, above each worker's popen-gwK/
-    folder, done = shared / name, shared / f"{name}.done"
-    with locked(shared / f"{name}.lock"):
-        if not done.exists():
-            build(folder)
-            done.touch()
-    return folder
 
 
 @pytest.fixture(scope="session")

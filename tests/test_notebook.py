@@ -18,7 +18,7 @@ NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "shapes", counts=(4, 2, 2))
     for name, value in {"COLAB": "0", "DATA": str(data), "WORK": str(tmp_path / "work"), "WEIGHTS": "stand-in",
-                        "BACKBONES": "mobilenet:0.25,mobilenetv2:0.35", "IMAGE_SIZE": "32",
+                        "BACKBONES": "mobilenet:0.25", "IMAGE_SIZE": "32",
                         "HEAD_EPOCHS": "2", "FINE_TUNE_EPOCHS": "1"}.items():
         monkeypatch.setenv(f"NOTEBOOK_{name}", value)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
@@ -31,12 +31,9 @@ def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     [table] = [data["text/markdown"] for data in shown if "| mobilenet" in data.get("text/markdown", "")]
     assert f"**{LABEL}**: " in table  # the comparison says its accuracy is meaningless
     assert sum("image/png" in data for data in shown) == 4  # table chart, dataset, curves, confusion matrix
-    rows = json.loads((tmp_path / "work" / "saved_models" / "shapes" / "comparison.json").read_text())
-    ranked = [row for row in rows if not row["ensemble"]]
-    assert [row["rank"] for row in ranked] == [1, 2] and [row["best"] for row in ranked] == [True, False]
-    assert ranked == sorted(ranked, key=lambda r: (r["top1"], r["macro_f1"]), reverse=True)
-    assert [row["ensemble"] for row in rows] == [False, False, True]  # the two averaged, last, never best
-    assert not rows[-1]["best"]
+    # One backbone keeps this test cheap; ranking and the ensemble row: tests/test_cli_options.py.
+    [row] = json.loads((tmp_path / "work" / "saved_models" / "shapes" / "comparison.json").read_text())
+    assert (row["backbone"], row["rank"], row["best"]) == ("mobilenet_0.25", 1, True)
     with zipfile.ZipFile(tmp_path / "work" / "deploy.zip") as archive:
         names = archive.namelist()
     assert {"model.tflite", "labels.json", "model_card.json"} <= {name.rsplit("/", 1)[-1] for name in names}
