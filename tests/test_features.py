@@ -9,7 +9,7 @@ from shapes import WEIGHTS, make_dataset
 from training.backbones import parse_variant
 from training.config import Config
 from training.dataset import RandomAffine, augmentation
-from training.features import bottom_file, extract, uses_litert
+from training.features import LITERT_MIN_IMAGES, bottom_file, extract, uses_litert
 from training.folder import scan
 from training.model import bottom, build_classifier
 
@@ -65,11 +65,13 @@ def test_random_affine_is_reproducible_from_its_seed():
 
 
 def test_extraction_engine_choice():
-    config = Config(data="x")
-    assert uses_litert(config, "conv_pw_11_relu")  # this machine has no GPU
-    assert not uses_litert(config, None)  # from scratch: nothing frozen, nothing to convert
-    assert not uses_litert(Config(data="x", extract_engine="keras"), "conv_pw_11_relu")
-    assert not uses_litert(Config(data="x", mixed_precision=True), "conv_pw_11_relu")
+    config, many = Config(data="x"), LITERT_MIN_IMAGES
+    assert uses_litert(config, "conv_pw_11_relu", many)  # this machine has no GPU
+    assert not uses_litert(config, "conv_pw_11_relu", many - 1)  # too few images to repay the conversion
+    assert uses_litert(Config(data="x", extract_engine="litert"), "conv_pw_11_relu", 1)  # unless asked for
+    assert not uses_litert(config, None, many)  # from scratch: nothing frozen, nothing to convert
+    assert not uses_litert(Config(data="x", extract_engine="keras"), "conv_pw_11_relu", many)
+    assert not uses_litert(Config(data="x", mixed_precision=True), "conv_pw_11_relu", many)
 
 
 @pytest.mark.skipif(not MOBILENET.is_file(), reason="needs ../shared/weights (present in CI)")
@@ -82,7 +84,7 @@ def test_litert_and_keras_extract_the_same_features(tmp_path):
     results = {}
     for engine in ("keras", "litert"):
         config = Config(data="x", cache_dir=str(tmp_path / engine), extract_engine=engine)
-        litert = bottom_file(config, variant, "key") if uses_litert(config, "conv_pw_11_relu") else None
+        litert = bottom_file(config, variant, "key") if uses_litert(config, "conv_pw_11_relu", 6) else None
         results[engine] = extract(frozen, config, dataset, variant, "key", "valid", litert=litert)
         assert (litert is not None) == (engine == "litert") and (litert is None or litert.is_file())
     keras_features, litert_features = results["keras"], results["litert"]

@@ -14,7 +14,9 @@ With augmentation on, the training split is also cached as `augment_views` augme
 On a CPU the frozen bottom runs through LiteRT (`extract_engine = "auto"`): the same Keras model,
 converted once (`model.to_litert`) and cached beside the features, computes the
 same outputs (to float rounding) faster than TensorFlow (docs/BENCHMARKS.md), thanks to its
-XNNPACK kernels for depthwise convolutions. On a GPU, TensorFlow is the faster of the two.
+XNNPACK kernels for depthwise convolutions. The conversion itself takes seconds, which a few
+thousand images repay: "auto" converts only for at least `LITERT_MIN_IMAGES` images to extract.
+On a GPU, TensorFlow is the faster of the two.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from training.folder import ImageFolder
 from training.model import to_litert
 
 FORMAT = "2"  # bump when what a cache file holds changes, so old files are not misread
+# Below this many images to extract, "auto" keeps TensorFlow: bench/extraction.py measures a
+# conversion of 3-9 s against 1.5-4 ms saved per image (break-even: about 1,000-6,000 images).
+LITERT_MIN_IMAGES = 2000
 
 
 @dataclass
@@ -71,13 +76,15 @@ def cache_file(config: Config, dataset: ImageFolder, variant: Variant, weights_k
     return Path(config.cache_dir) / f"{variant.id}-{split}-view{view}-{key}.npz"
 
 
-def uses_litert(config: Config, frozen_until: str | None) -> bool:
-    """Whether to run the frozen bottom through LiteRT: on a CPU, when there is a frozen part."""
+def uses_litert(config: Config, frozen_until: str | None, images: int) -> bool:
+    """Whether to run the frozen bottom through LiteRT for `images` images (views included): on
+    a CPU, when there is a frozen part and enough images to repay the conversion."""
     if frozen_until is None or config.extract_engine == "keras":
         return False  # from scratch nothing is frozen: no conversion is worth its time
     if config.extract_engine == "litert":
         return True
-    return not tf.config.list_physical_devices("GPU") and not config.mixed_precision
+    return (images >= LITERT_MIN_IMAGES and not tf.config.list_physical_devices("GPU")
+            and not config.mixed_precision)
 
 
 def bottom_file(config: Config, variant: Variant, weights_key: str) -> Path:

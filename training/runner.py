@@ -256,7 +256,9 @@ class BackboneRun:
         """The training and validation features of the frozen bottom, from the cache or computed into it."""
         frozen_until = self.settings.frozen_until
         frozen, key = bottom(self.classifier, frozen_until), f"{self.settings.weights_id}@{frozen_until}"
-        litert = bottom_file(self.config, self.variant, key) if uses_litert(self.config, frozen_until) else None
+        views = self.config.augment_views + 1 if self.config.augment else 1
+        images = views * len(self.dataset.splits["train"]) + len(self.dataset.splits["valid"])
+        litert = bottom_file(self.config, self.variant, key) if uses_litert(self.config, frozen_until, images) else None
         train = training_features(frozen, self.config, self.dataset, self.variant, key, litert)
         return train, extract(frozen, self.config, self.dataset, self.variant, key, "valid", litert=litert)
 
