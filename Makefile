@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 run: setup
 	$(PY) -m training compare --config $(CONFIG)
 
-# One worker per core (pytest-xdist): most tests are single-threaded conversions and training steps.
+# One worker per core (pytest-xdist), plus one: most tests are single-threaded conversions and
+# training steps, and the extra worker fills the time others spend waiting on a browser or a child.
 test: setup
-	$(PY) -m pytest -n auto --dist worksteal
+	$(PY) -m pytest -n $$(( $$(nproc) + 1 )) --dist worksteal
 
 lint: setup
 	$(VENV)/bin/ruff check .
