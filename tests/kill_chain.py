@@ -8,7 +8,8 @@ TensorFlow but run nothing with it: each then starts in a fraction of a second i
 several seconds of a fresh interpreter, which is most of the cost of a chain this long.
 
 The last line printed is a JSON list, one entry per run: the kill point, the exit status
-(-9: killed) and the steps recorded in STATE_FILE afterwards.
+(-9: killed; a point that names no moment, such as `none`, lets the run finish: 0) and the
+steps recorded in STATE_FILE afterwards.
 """
 
 from __future__ import annotations
