@@ -48,8 +48,6 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,12 +55,12 @@ import tempfile
 import threading
 import time
 import tomllib
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import paths  # bench/paths.py and sections.py: this script's folder is first on sys.path
+import paths  # bench/paths.py, sections.py and server.py: this script's folder is first on sys.path
 import sections
+from server import ServerError, free_port, stop_process, wait_until_healthy
 
 REPO_ROOT = paths.ROOT
 sys.path.insert(0, str(REPO_ROOT))  # for `app` and `runtime`, as app/streamlit_app.py does
@@ -88,7 +86,6 @@ BROWSER_NICE = 10  # the browsers' (and this script's) niceness: the server goes
 IDLE_S = 3  # let the server finish starting before reading its idle memory
 SETTLE_S = 30  # after a visit or the load, wait this long before reading the memory that stays
 LEVEL_S = 1.0  # a memory level is the median of the samples of the last second
-HEALTH_TIMEOUT_S = 60  # Heroku's R10: the web process must bind $PORT within 60 s
 ANSWER_TIMEOUT_S = int(os.environ.get("LOAD_TIMEOUT", 180))  # per photo, with every tab at work on 2 cores
 
 PEAK_TARGET_MIB = 300
@@ -360,13 +357,6 @@ def procfile_command() -> str:
     sys.exit(f"{paths.shown(procfile)}: no web: line")
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Server:
     """The Procfile's web command in a process group of its own, with a scratch $HOME (setup.sh writes
     its credentials file there, and no personal ~/.streamlit settings change what is measured)."""
@@ -385,29 +375,14 @@ class Server:
 
     def wait_until_healthy(self) -> float:
         """Seconds until Streamlit's health endpoint answers; stops the bench if the server dies or is late."""
-        started = time.monotonic()
-        while time.monotonic() - started < HEALTH_TIMEOUT_S:
-            if self.process.poll() is not None:
-                sys.exit(f"the server exited with status {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                time.sleep(0.1)
-        sys.exit(f"the server was not healthy after {HEALTH_TIMEOUT_S} s:\n{self.log.read_text()[-3000:]}")
+        try:
+            return wait_until_healthy(self.url, self.process, self.log)
+        except ServerError as error:
+            sys.exit(str(error))
 
     def stop(self) -> None:
-        """Stop the whole group (the shell and Streamlit under it); kill it if it lingers."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-            except ProcessLookupError:
-                pass
+        """Stop the whole group (the shell and Streamlit under it)."""
+        stop_process(self.process, group=True)
 
 
 class Sampler(threading.Thread):
@@ -642,27 +617,13 @@ def render(figures: dict, rows: list, command: str, before: dict | None) -> str:
         "closed: Streamlit keeps a closed tab's session, its photo included, for a reconnection, which the app "
         "allows for 15 s before it shuts the session down (`app.memory.ClosedTabs`).",
         "",
-        f"Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), {platform.system()} "
-        f"{platform.machine()}; Chromium and the bench share the server's cores, at niceness {BROWSER_NICE} so that the "
-        "server goes first. Versions: "
+        f"{sections.machine()}; Chromium and the bench share the server's cores, at niceness {BROWSER_NICE} so "
+        "that the server goes first. Versions: "
         f"{', '.join(f'{name} {version}' for name, version in versions.items())}. Measured {figures['when']}; "
         f"the server was healthy {figures['healthy_s']:.1f} s after its start.",
-        "",
-        "Reproduce from the repository root:",
-        "",
-        "```sh",
-        command,
-        "```",
+        *sections.reproduce(command),
     ]
     return "\n".join(text)
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, which says more about these timings than the core count."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def commit() -> str:

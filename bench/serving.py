@@ -39,19 +39,18 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
-import paths  # bench/paths.py, sections.py and slug.py: this script's folder is first on sys.path
+import paths  # bench/paths.py, sections.py, server.py and slug.py: this script's folder is first on sys.path
 import psutil
 import sections
 import slug
+from server import HEALTH_TIMEOUT_S, free_port, stop_process, wait_until_healthy
 from streamlit.proto.BackMsg_pb2 import BackMsg
 from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.sync.client import connect
@@ -70,7 +69,6 @@ WARMUP_RUNS = 5  # the first calls allocate buffers (and, in Keras, trace the gr
 COLD_START_RUNS = 3
 MEMORY_IMAGES = 200
 IDLE_SECONDS = 3  # let the server finish starting up before reading its memory
-HEALTH_TIMEOUT_S = 60  # Heroku's R10: the web process must bind $PORT within 60 s
 
 COLD_START_TARGET_S = 2.0
 RSS_TARGET_MIB = 250
@@ -228,31 +226,9 @@ def cold_starts(model: Path, image: Path) -> list[dict]:
     return runs
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def rss_mib(process: psutil.Process) -> float:
     """Resident memory of a process and all its children."""
     return sum(each.memory_info().rss for each in [process, *process.children(recursive=True)]) / MIB
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen) -> float:
-    """Seconds until Streamlit's health endpoint answers; fails if the server dies or takes too long."""
-    started = time.monotonic()
-    while time.monotonic() - started < HEALTH_TIMEOUT_S:
-        if process.poll() is not None:
-            raise RuntimeError(f"streamlit exited with status {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"streamlit was not healthy after {HEALTH_TIMEOUT_S} s")
 
 
 def view_page(port: int) -> None:
@@ -289,12 +265,7 @@ def streamlit_server(model_root: Path) -> dict:
         view_page(port)
         return {"healthy_s": healthy_s, "idle_mib": idle, "page_mib": rss_mib(process)}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def slug_sizes() -> tuple[float, float]:
@@ -303,14 +274,6 @@ def slug_sizes() -> tuple[float, float]:
         built = slug.build(fresh=True)
         slug.report(built)
     return built.compressed_mb, built.unpacked_mb
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name, which says more about these timings than the core count."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def milliseconds(seconds: list[float]) -> str:
@@ -379,16 +342,10 @@ def render(results: dict, rows: list[tuple[str, str, str, bool | None]], command
         "answers, then after one session (a websocket `rerun_script`, as a browser tab sends) has run the app "
         "script, which loads the model. Memory in MiB, slug sizes in decimal MB (bench/slug.py).",
         "",
-        f"Machine: {cpu_model()}, {len(os.sched_getaffinity(0))} cores (nproc), {platform.system()} "
-        f"{platform.machine()}. Versions: {', '.join(f'{name} {version}' for name, version in versions.items())}. "
+        f"{sections.machine()}. Versions: {', '.join(f'{name} {version}' for name, version in versions.items())}. "
         f"Measured {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; "
         f"the whole run took {results['duration_s']:.0f} s.",
-        "",
-        "Reproduce from the repository root:",
-        "",
-        "```sh",
-        command,
-        "```",
+        *sections.reproduce(command),
     ])
 
 

@@ -10,12 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +29,9 @@ CHROMIUM_ARGS = [
     "--disable-sync", "--no-first-run", "--disable-quic",
 ]
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / "bench"))
+from server import ServerError, free_port, stop_process, wait_until_healthy  # noqa: E402  (the benches' own)
+
 SCREENSHOT = REPO_ROOT / "test-artifacts" / "app.png"
 # A Heroku basic dyno has 512 MB; the server must leave room for a few sessions and big photos.
 MAX_SERVER_RSS_MB = 300
@@ -57,37 +56,13 @@ def server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_healthy(url, process, log)
+        try:
+            wait_until_healthy(url, process, log)
+        except ServerError as error:
+            pytest.fail(str(error))
         yield url, psutil.Process(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    """Wait for Streamlit's health endpoint to answer, failing early if the server died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.25)
-    pytest.fail(f"streamlit was not healthy after {timeout} s:\n{log.read_text()}")
+        stop_process(process)
 
 
 def test_a_visitor_uploads_a_photo_and_sees_the_top_class(
