@@ -14,12 +14,12 @@ from shapes import make_dataset
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory, worker_id) -> Path:
-    return once_per_session(tmp_path_factory, worker_id, "data", lambda folder: make_dataset(folder / "shapes")) / "shapes"
+def tiny_dataset(request) -> Path:
+    return once_per_session(request, "data", lambda folder: make_dataset(folder / "shapes")) / "shapes"
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, worker_id, tiny_dataset) -> Path:
+def trained_run(request, tiny_dataset) -> Path:
     """A run with VGG16 trained from scratch (both phases) at 32x32 on the shapes dataset.
 
     VGG16 has no BatchNorm, so it learns this easy task from random weights in a few epochs.
@@ -36,4 +36,4 @@ def trained_run(tmp_path_factory, worker_id, tiny_dataset) -> Path:
                        backbones=["vgg16"], weights="none", image_size=32, head_epochs=40, fine_tune_epochs=3,
                        batch_size=32, fine_tune_learning_rate=1e-4))
 
-    return once_per_session(tmp_path_factory, worker_id, "runs", train) / "shapes"
+    return once_per_session(request, "runs", train) / "shapes"

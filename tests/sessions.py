@@ -23,13 +23,13 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def once_per_session(factory: pytest.TempPathFactory, worker_id: str, name: str,
-                     build: Callable[[Path], None]) -> Path:
+def once_per_session(request: pytest.FixtureRequest, name: str, build: Callable[[Path], None]) -> Path:
     """`build(folder)` run once for the whole session, whichever worker asks first; the folder.
 
     A `name.done` marker, written after `build` returns, tells the later workers (and a worker
     that finds a half-built folder left by a failed build) whether the folder is complete."""
-    if worker_id == "master":  # no xdist workers: this process is the whole session
+    factory = request.getfixturevalue("tmp_path_factory")
+    if not hasattr(request.config, "workerinput"):  # no xdist workers: this process is the whole session
         folder = factory.mktemp(name)
         build(folder)
         return folder

@@ -189,9 +189,12 @@ def test_bad_input_gets_one_clear_error(arguments, phrase, places, capsys, monke
     ["check-data", "{one_class}"],
     ["predict", "--model", "{model}", "{image}", "--top-k", "9"],
     ["export", "--model", "{model}", "--out", "{file}"],
+    ["compare", "--data", "{data}", "--head-epochs", "0"],
+    ["compare", "--data", "{data}", "--backbones", "mobilenet:0.25", "--weights-dir", "{tmp}"],
 ])
 def test_checks_answer_without_tensorflow(arguments, places):
-    """check-data and the checks of predict and export need no TensorFlow, whose start-up is slow."""
+    """check-data and the checks of every command's options (compare's settings and weight files
+    too) need no TensorFlow, whose start-up is slow."""
     argv = [expand(argument, places) for argument in arguments]
     script = "import sys; from training.__main__ import main; code = main(sys.argv[1:]); " \
              "print('tensorflow' in sys.modules); sys.exit(code)"

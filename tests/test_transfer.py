@@ -54,9 +54,9 @@ def smallest_variant(name: str):
 
 
 @pytest.fixture(scope="session")
-def stand_in_dir(tmp_path_factory, worker_id) -> Path:
+def stand_in_dir(request) -> Path:
     """Stand-in weights of every registry backbone (ResNet50 alone is 90 MB): once per session."""
-    return once_per_session(tmp_path_factory, worker_id, "stand-in-weights", write_all)
+    return once_per_session(request, "stand-in-weights", write_all)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 Every expected problem (bad data, bad settings, missing weights, unreadable images) is reported
 as one line naming the file and what is wrong, with exit status 2, never as a traceback, and
-before any work. `--help`, check-data and the checks of predict's and export's options answer
-without TensorFlow, whose start-up takes seconds.
+before any work. `--help`, check-data and the checks of every command's options (compare's
+settings and weight files included) answer without TensorFlow, whose start-up takes seconds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.config import Config
 
 EPILOG = "Run the same compare command again after an interruption: it resumes where it stopped."
 
@@ -109,12 +112,14 @@ def import_tensorflow_quietly() -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse, before TensorFlow's slow start-up, paths that predict, export or stand-in-weights
-    cannot use: a folder without what it should hold, a place that cannot be written, ...
-    (compare's settings are checked by `load_config`, which needs the backbone registry)."""
+    """Refuse, before TensorFlow's slow start-up, what the command cannot use: compare's settings
+    (`load_config`, kept in `args.config_loaded`) and starting weights, or a folder without what
+    predict or export needs, a place that cannot be written, ..."""
     from training.config import ConfigError, check_writable
 
-    if args.command == "predict":
+    if args.command == "compare":
+        args.config_loaded = compare_config(args)
+    elif args.command == "predict":
         model_file(args.model, "model.keras", "--model")
         model_file(args.model, "trust.json", "--model")  # the "not sure" threshold (training.trust)
         classes = read_json_option(model_file(args.model, "labels.json", "--model"), "--model")
@@ -145,6 +150,25 @@ def check_options(args: argparse.Namespace) -> None:
         if not 0 <= args.seed < 2**32:
             raise ConfigError(f"--seed must be from 0 to 2**32 - 1, not {args.seed}")
         check_writable(args.folder, "DIR")
+
+
+def compare_config(args: argparse.Namespace) -> Config:
+    """The config file with the options over it, checked, and every backbone's starting weights
+    found (a missing file stops here; a download, for users online, happens here too)."""
+    from training.backbones import parse_variant, resolve_weights
+    from training.config import load_config
+
+    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "weights_file")}
+    if args.backbones:
+        overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
+    if args.weights_file:
+        overrides["weight_files"] = dict(item.split("=", 1) for item in args.weights_file)
+    config = load_config(args.config, overrides)
+    weights_dir = Path(config.weights_dir) if config.weights_dir else None
+    for spec in config.backbones:
+        variant = parse_variant(spec, config.image_size)
+        resolve_weights(variant, config.weights, weights_dir, config.weight_files.get(variant.id))
+    return config
 
 
 def model_file(folder: str, name: str, option: str) -> Path:
@@ -187,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     """Check first, without TensorFlow, then import it and work; 0, or 2 after one error line."""
     # Imported here so that `--help`, check-data and argument errors answer at once.
     from runtime import imaging
+    from training.backbones import BackboneError
     from training.config import ConfigError
     from training.folder import DataError
 
@@ -197,26 +222,19 @@ def run(args: argparse.Namespace) -> int:
             print(scan(args.data).report())
             return 0
         check_options(args)
-    except (ConfigError, DataError, imaging.ImageError) as error:
+    except (BackboneError, ConfigError, DataError, imaging.ImageError) as error:
         return fail(error)
 
     import_tensorflow_quietly()
     from runtime.litert import ModelError
-    from training.backbones import BackboneError
     from training.export import ExportError
     from training.runner import RunError
 
     try:
         if args.command == "compare":
-            from training.config import load_config
             from training.runner import compare
 
-            overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "weights_file")}
-            if args.backbones:
-                overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
-            if args.weights_file:
-                overrides["weight_files"] = dict(item.split("=", 1) for item in args.weights_file)
-            compare(load_config(args.config, overrides))
+            compare(args.config_loaded)
         elif args.command == "predict":
             from training.predict import run_predict
 

@@ -1,7 +1,7 @@
 """The backbone registry: every ImageNet model the pipeline can fine-tune, one entry each.
 
-An entry says how to build the convolutional base (a `keras.applications` constructor without
-its top), the input size it was trained at, which `preprocess_input` it expects, where its
+An entry says how to build the convolutional base (the name of a `keras.applications`
+constructor, called without its top), the input size it was trained at, which `preprocess_input` it expects, where its
 ImageNet weights live in Keras' cache, and `frozen_until`: the last layer that stays frozen when
 phase 2 fine-tunes the top blocks. Its output must be the only input of the layers above it (a
 block boundary), because phase 2 caches it and trains the top on the cache. `learning_rate_scale`
@@ -11,6 +11,9 @@ backbone is adding one `Backbone(...)` to `REGISTRY`.
 The preprocessing is rebuilt from standard Keras layers and placed inside the model (see
 `preprocessing_layers`), so a saved model takes raw RGB pixels 0..255 and no caller can forget
 or mismatch it.
+
+Keras is imported only to build a model: the registry itself, variants and weight files are
+plain data, so options are checked against them before TensorFlow's slow start-up.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
 
 # What each family of `keras.applications.*.preprocess_input` does to RGB pixels 0..255.
 #   "tf":    scale to -1..1                      (MobileNet, MobileNetV2, InceptionV3)
@@ -35,7 +41,7 @@ class Backbone:
     """How to build, preprocess for, load weights into and fine-tune one ImageNet model."""
 
     name: str
-    constructor: Callable[..., keras.Model]
+    application: str  # the `keras.applications` constructor, e.g. "ResNet50"
     input_size: int
     preprocessing: str
     weights_file: Callable[[float | None, int], str]  # (alpha, input size) -> Keras' file name
@@ -61,36 +67,36 @@ REGISTRY: dict[str, Backbone] = {
     entry.name: entry
     for entry in [
         Backbone(
-            "resnet50", keras.applications.ResNet50, 224, "caffe",
+            "resnet50", "ResNet50", 224, "caffe",
             lambda alpha, size: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
             frozen_until="conv4_block6_out",
         ),
         Backbone(
-            "vgg16", keras.applications.VGG16, 224, "caffe",
+            "vgg16", "VGG16", 224, "caffe",
             lambda alpha, size: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
             frozen_until="block4_pool",
         ),
         Backbone(
-            "inceptionv3", keras.applications.InceptionV3, 299, "tf",
+            "inceptionv3", "InceptionV3", 299, "tf",
             lambda alpha, size: "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
             frozen_until="mixed8", min_size=75,
         ),
         Backbone(
-            "mobilenet", keras.applications.MobileNet, 224, "tf", _mobilenet_file,
+            "mobilenet", "MobileNet", 224, "tf", _mobilenet_file,
             frozen_until="conv_pw_11_relu", alphas=(0.25, 0.5, 0.75, 1.0), default_alpha=1.0,
             # Twice the rate: on butterflies50 (alpha 0.25, same cached features) validation
             # loss fell steadily from 1x to 1.5x to 2x, while MobileNetV2's rose above 1x.
             learning_rate_scale=2.0,
         ),
         Backbone(
-            "mobilenetv2", keras.applications.MobileNetV2, 224, "tf", _mobilenet_v2_file,
+            "mobilenetv2", "MobileNetV2", 224, "tf", _mobilenet_v2_file,
             # block_14_add, not deeper: blocks 13-14 would double the cost of phase 2 on a CPU
             # (measured on butterflies50) for no measurable gain on its 250 test images.
             frozen_until="block_14_add", alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
             default_alpha=1.0,
         ),
         Backbone(
-            "efficientnetb0", keras.applications.EfficientNetB0, 224, "none",
+            "efficientnetb0", "EfficientNetB0", 224, "none",
             lambda alpha, size: "efficientnetb0_notop.h5",
             frozen_until="block5c_add",
         ),
@@ -151,6 +157,8 @@ def preprocessing_layers(mode: str) -> keras.Sequential:
     "caffe" channel swap and mean subtraction is a frozen 1x1 convolution whose kernel is the
     RGB->BGR permutation and whose bias is minus the mean: exact in float32.
     """
+    import keras
+
     if mode == "tf":
         layers = [keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)]
     elif mode == "caffe":
@@ -168,8 +176,10 @@ def preprocessing_layers(mode: str) -> keras.Sequential:
 
 def build_base(variant: Variant, weights: str | Path | None) -> keras.Model:
     """The convolutional base without its top, with `weights` ("imagenet", a file or None)."""
+    import keras
+
     kwargs = {"alpha": variant.alpha} if variant.alpha is not None else {}
-    return variant.backbone.constructor(
+    return getattr(keras.applications, variant.backbone.application)(
         include_top=False,
         weights=str(weights) if weights is not None else None,
         input_shape=(variant.size, variant.size, 3),

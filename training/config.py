@@ -198,7 +198,7 @@ def check_backbones(config: Config) -> None:
     per-backbone settings by variant id, the form the run looks them up by: `mobilenet:0.25`
     and `mobilenet_0.25` both become `mobilenet_0.25`. A key that names no backbone of the run
     is refused: its file or layer would silently go unused."""
-    from training.backbones import BackboneError, parse_variant  # Keras: only once a run is configured
+    from training.backbones import BackboneError, parse_variant
 
     try:
         ids = [parse_variant(spec, config.image_size).id for spec in config.backbones]

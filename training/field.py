@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from training import unknown
 from training.config import ConfigError
 from training.folder import Sample, check_file, list_images
 
@@ -146,6 +145,8 @@ def measure(field_set: FieldSet, probabilities: np.ndarray, scores: np.ndarray |
     """Field top-1 on the known species' photos and, when the set has unknown species and `scores`
     (the served unknown score of every photo, higher meaning known) are given, how well they are
     told apart: AUROC and the share of unknown photos answered when 95% of known ones are."""
+    from training import unknown  # scikit-learn: only to measure, not to check options
+
     labels = field_set.labels
     known = labels != UNKNOWN
     top1 = float(np.mean(probabilities[known].argmax(axis=1) == labels[known]))
