@@ -37,11 +37,13 @@ slug: setup
 	$(PY) bench/slug.py
 
 # Works from a clean clone: train_compare.py trains the runs it measures (bench/results/), and
-# serving.py exports the best of a finished run when saved_models/deploy holds no model yet.
+# serving.py exports the best of a finished run when saved_models/deploy holds no model yet;
+# suite.py times `make test`'s pytest run.
 bench: setup
 	$(PY) bench/extraction.py --config $(CONFIG)
 	$(PY) bench/train_compare.py --config $(CONFIG)
 	$(PY) bench/serving.py --config $(CONFIG)
+	$(PY) bench/suite.py
 
 clean:
 	rm -rf build .cache .pytest_cache test-artifacts

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -110,3 +112,25 @@ def test_serving_says_which_target_to_run_when_there_is_nothing_to_serve(bench, 
         bench("serving").run_to_export(tmp_path / "deploy", [tmp_path / "make-run"])
     assert "no exported model, and no finished run to export" in str(stop.value.code)
     assert "make run" in str(stop.value.code)
+
+
+def test_the_suite_bench_runs_some_tests_and_records_nothing_for_a_part(bench) -> None:
+    """bench/suite.py on two small test files, as `make bench` runs it on all of them: the
+    section names the tests counted and the slowest steps; a part of the suite is never recorded."""
+    before = bench("sections").BENCHMARKS.read_text(encoding="utf-8")
+    result = subprocess.run([sys.executable, "bench/suite.py", "--workers", "1", "--only", "tests/test_answer.py",
+                             "tests/test_calibration.py"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "tests/test_answer.py",
+                                "tests/test_calibration.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    count = int(collected.stdout.strip().splitlines()[-1].split()[0])  # "N tests collected in ..."
+    assert f"{count} tests passed (0 skipped)" in result.stdout and "with 1 pytest-xdist workers" in result.stdout
+    assert "| `tests/test_" in result.stdout and "not recorded" in result.stdout
+    assert bench("sections").BENCHMARKS.read_text(encoding="utf-8") == before
+
+
+def test_the_suite_bench_refuses_a_missing_test_file() -> None:
+    result = subprocess.run([sys.executable, "bench/suite.py", "--only", "tests/nope.py"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--only: no such test file: tests/nope.py" in result.stderr
+    assert "Traceback" not in result.stderr
