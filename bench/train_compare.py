@@ -218,6 +218,35 @@ def benchmark(config: Path, data: Path, field: Path | None) -> None:
     ])
     print(section)
     sections.record("training", section)
+    sections.record("comparison", comparison_section(config, field))
+
+
+def comparison_section(config: Path, field: Path | None) -> str:
+    """The table `compare` wrote for the cold run (with the field set's columns when there is
+    one): what a user of the default recipe gets, every column as the pipeline reports it."""
+    run = json.loads((OUT / "cold" / "run.json").read_text())
+    table_text = (OUT / "cold" / "comparison.md").read_text(encoding="utf-8").strip()
+    options = " ".join(["--config", paths.shown(config), "--run", "cold", "--output-dir", "bench/results",
+                        "--cache-dir", "bench/results/cache"])
+    return "\n".join([
+        f"## Comparison table: {Path(run['config']['data']).name}"
+        + (f" with the {field.name} field set" if field else "") + " (default recipe)",
+        "",
+        f"The table `compare` wrote for `make bench`'s cold run (`field_share` {run['config']['field_share']:g})"
+        + (", then measured on the field set without retraining (`--field-data`): field top-1 on the photos of known "
+           "species (whole photo, first look); field unknown AUROC / FPR@95: its photos of species the dataset "
+           "lacks against those." if field else "."),
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase times and CPU ms/image depend on "
+        "the machine's load; accuracy columns do not). Reproduce:",
+        "",
+        "```sh",
+        f".venv/bin/python -m training compare {options}",
+        *([f".venv/bin/python -m training compare {options} {' '.join(field_options(Path(paths.shown(field))))}"]
+          if field else []),
+        "```",
+        "",
+        table_text,
+    ])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -134,3 +134,19 @@ def test_the_suite_bench_refuses_a_missing_test_file() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--only: no such test file: tests/nope.py" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_comparison_section_is_the_cold_runs_table_with_its_commands(bench, tmp_path: Path, monkeypatch) -> None:
+    """train_compare records the table `compare` wrote for its cold run, and how to make it again."""
+    train_compare = bench("train_compare")
+    monkeypatch.setattr(train_compare, "OUT", tmp_path)
+    (tmp_path / "cold").mkdir()
+    (tmp_path / "cold" / "run.json").write_text('{"config": {"data": "/x/butterflies50", "field_share": 0.25}}')
+    (tmp_path / "cold" / "comparison.md").write_text("| # | backbone |\n|---|---|\n| 1 | mobilenet_0.25 |\n")
+    field = ROOT.parent / "shared" / "datasets" / "leeds-field"
+    section = train_compare.comparison_section(ROOT / "configs" / "butterflies50.toml", field)
+    assert section.startswith("## Comparison table: butterflies50 with the leeds-field field set")
+    assert "| 1 | mobilenet_0.25 |" in section and "`field_share` 0.25" in section
+    assert ("--field-data ../shared/datasets/leeds-field/images --field-map ../shared/datasets/leeds-field/mapping.json"
+            in section)
+    assert "--field-data" not in train_compare.comparison_section(ROOT / "configs" / "butterflies50.toml", None)
