@@ -42,6 +42,8 @@ ROOT = paths.ROOT
 OUT = ROOT / "bench" / "results"
 BASELINE_EPOCHS = 5
 FIELD = Path("../shared/datasets/leeds-field")  # images/ of class folders and mapping.json; measured, never trained on
+RUNS = {"cold": [], "warm": [], "warm-phase1": ["--no-fine-tune"], "no-smoothing": ["--label-smoothing", "0"],
+        "no-field": ["--field-share", "0"]}  # each run's options beside the config's
 
 
 def run_job(args: list[str]) -> tuple[float, float]:
@@ -118,6 +120,12 @@ def against(full: list[dict], run: str, column: str = "top1") -> list[dict]:
              "gain": None if r[column] is None else 100 * (r[column] - other[r["backbone"]])} for r in full]
 
 
+def field_jobs(config: Path, cache: Path, field: Path | None) -> list[list[str]]:
+    """The jobs that measure the field set on the finished cold and no-field runs: each with its
+    run's own options, or compare would refuse a run trained with other settings."""
+    return [compare(config, run, cache, *RUNS[run], *field_options(field)) for run in ("cold", "no-field")] if field else []
+
+
 def field_options(field: Path | None) -> list[str]:
     """`compare`'s options that measure the field set at `field` (none when there is none)."""
     return ["--field-data", str(field / "images"), "--field-map", str(field / "mapping.json")] if field else []
@@ -138,16 +146,15 @@ def benchmark(config: Path, data: Path, field: Path | None) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     cache = OUT / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    for run in ("cold", "warm", "warm-phase1", "no-smoothing", "no-field"):
+    for run in RUNS:
         shutil.rmtree(OUT / run, ignore_errors=True)
     cold_s, cold_mb = run_job(compare(config, "cold", cache))
     warm_s, warm_mb = run_job(compare(config, "warm", cache))
-    head_s, _ = run_job(compare(config, "warm-phase1", cache, "--no-fine-tune"))
-    run_job(compare(config, "no-smoothing", cache, "--label-smoothing", "0"))
-    run_job(compare(config, "no-field", cache, "--field-share", "0"))
-    for run in ("cold", "no-field"):  # after the timed jobs: measuring the field set retrains nothing
-        if field:
-            run_job(compare(config, run, cache, *field_options(field)))
+    head_s, _ = run_job(compare(config, "warm-phase1", cache, *RUNS["warm-phase1"]))
+    run_job(compare(config, "no-smoothing", cache, *RUNS["no-smoothing"]))
+    run_job(compare(config, "no-field", cache, *RUNS["no-field"]))
+    for job in field_jobs(config, cache, field):  # after the timed jobs: measuring the field set retrains nothing
+        run_job(job)
     base_s, base_mb = run_job([__file__, "--baseline", "--config", str(config)])
 
     full, warm = results("cold"), results("warm")

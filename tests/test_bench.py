@@ -150,3 +150,16 @@ def test_the_comparison_section_is_the_cold_runs_table_with_its_commands(bench, 
     assert ("--field-data ../shared/datasets/leeds-field/images --field-map ../shared/datasets/leeds-field/mapping.json"
             in section)
     assert "--field-data" not in train_compare.comparison_section(ROOT / "configs" / "butterflies50.toml", None)
+
+
+def test_the_field_set_is_measured_on_each_run_with_that_runs_own_options(bench, tmp_path: Path) -> None:
+    """compare refuses a finished run asked with other settings: measuring the field set on the
+    no-field run without its `--field-share 0` stopped `make bench` after 50 minutes once."""
+    train_compare = bench("train_compare")
+    config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
+    jobs = train_compare.field_jobs(config, cache, field)
+    for run, job in zip(("cold", "no-field"), jobs, strict=True):
+        training = train_compare.compare(config, run, cache, *train_compare.RUNS[run])
+        assert job[:len(training)] == training  # the run's own training options, then the field set's
+        assert job[len(training):] == train_compare.field_options(field)
+    assert train_compare.field_jobs(config, cache, None) == []
