@@ -25,7 +25,7 @@ import paths  # bench/paths.py and sections.py: this script's folder is first on
 import sections
 
 SLOWEST = 10
-DURATION = re.compile(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S+)$")
+DURATION = re.compile(r"^(\d+\.\d+)s (call|setup|teardown)\s+(\S.*)$")  # ids may hold spaces
 SUMMARY = re.compile(r"(\d+) passed(?:, (\d+) skipped)?(?:, (\d+) failed)?.* in ([\d.]+)s")
 
 
