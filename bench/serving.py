@@ -117,9 +117,10 @@ from pathlib import Path
 import app.streamlit_app as web
 from app.inference import heatmap
 classifier = web.load_classifier(Path(sys.argv[1]))
-for path in map(Path, sys.argv[2:]):
-    photo, (prediction,) = web.run_models(path.name, path.read_bytes(), [classifier])
-    heatmap(photo, prediction.top_class_map())
+for path in map(Path, sys.argv[2:]):  # what the page does for one photo, minus the widgets
+    photo = web.decode(path.name, path.read_bytes(), classifier)
+    full, box = web.first_look(photo, classifier)
+    heatmap(photo, web.see(photo, classifier, full, box).class_map)
 heavy = sorted({name.split(".")[0] for name in sys.modules} & {"tensorflow", "keras"})
 print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "heavy_modules": heavy}))
 """
@@ -337,7 +338,8 @@ def render(results: dict, rows: list[tuple[str, str, str, bool | None]], command
         f"{WARMUP_RUNS} warm-up calls; the LiteRT model also returns the class maps for the heatmap, the Keras "
         "model only the probabilities. Cold start: a fresh `python -c` importing `app.inference` and `runtime.imaging`, "
         "loading the model and classifying one photo, timed from just before it is spawned. Peak RSS: a fresh "
-        "process importing `app.streamlit_app` (so Streamlit too) and running its `run_models` and `heatmap` on "
+        "process importing `app.streamlit_app` (so Streamlit too) and running what its page does for one photo "
+        "(`decode`, `first_look`, `see`, `heatmap`) on "
         f"{MEMORY_IMAGES} different test photos. The server is measured {IDLE_SECONDS} s after its health check "
         "answers, then after one session (a websocket `rerun_script`, as a browser tab sends) has run the app "
         "script, which loads the model. Memory in MiB, slug sizes in decimal MB (bench/slug.py).",

@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from photos import encode, scene
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -50,3 +52,15 @@ def test_streamlit_config_limits_uploads_and_runs_headless() -> None:
     config = tomllib.loads((REPO_ROOT / ".streamlit" / "config.toml").read_text())
     assert config["server"]["headless"] is True
     assert 1 <= config["server"]["maxUploadSize"] <= 20, "megabytes: a phone photo, not a whole album"
+
+
+def test_the_serving_bench_memory_probe_runs_the_pages_code(model_folder: Path, tmp_path: Path) -> None:
+    """bench/serving.py's peak-memory probe calls the app's own functions for one photo: when the
+    page's code changes, this fails here rather than after `make bench` has trained for an hour."""
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    import serving
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(scene(320, 240), "JPEG"))
+    measured = serving.run_probe(serving.MEMORY_PROBE, str(model_folder), str(photo))
+    assert measured["peak_kib"] > 0 and measured["heavy_modules"] == []
