@@ -14,13 +14,10 @@ import pytest
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the block."""
+    """Hold an exclusive lock on `path` (created if missing) for the block; closing the file frees it."""
     with open(path, "a") as file:
         fcntl.flock(file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(file, fcntl.LOCK_UN)
+        yield
 
 
 def once_per_session(request: pytest.FixtureRequest, name: str, build: Callable[[Path], None]) -> Path:
