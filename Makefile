@@ -21,8 +21,10 @@ run: setup
 
 # One worker per core (pytest-xdist), plus one: most tests are single-threaded conversions and
 # training steps, and the extra worker fills the time others spend waiting on a browser or a child.
+# `--dist load --maxschedchunk 1` hands each worker its next test when it is nearly done, in the order
+# of tests/conftest.py: the heavy ones first, so no worker is left alone with a long test at the end.
 test: setup
-	$(PY) -m pytest -n $$(( $$(nproc) + 1 )) --dist worksteal
+	$(PY) -m pytest -n $$(( $$(nproc) + 1 )) --dist load --maxschedchunk 1
 
 lint: setup
 	$(VENV)/bin/ruff check .

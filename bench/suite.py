@@ -31,7 +31,7 @@ SUMMARY = re.compile(r"(\d+) passed(?:, (\d+) skipped)?.* in [\d.]+s")  # pytest
 
 def run_suite(workers: int, only: list[str]) -> dict:
     """Run pytest once; its wall time, counts and slowest steps, and the machine's load after."""
-    command = [sys.executable, "-m", "pytest", "-n", str(workers), "--dist", "worksteal", "-q",
+    command = [sys.executable, "-m", "pytest", "-n", str(workers), "--dist", "load", "--maxschedchunk", "1", "-q",
                f"--durations={SLOWEST}", "-p", "no:cacheprovider", *only]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=paths.ROOT, capture_output=True, text=True)

@@ -37,3 +37,19 @@ def trained_run(request, tiny_dataset) -> Path:
                        batch_size=32, fine_tune_learning_rate=1e-4))
 
     return once_per_session(request, "runs", train) / "shapes"
+
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Scheduling for xdist: first one test that needs `trained_run` (its worker trains the session's
+    run while the others start), then the tests marked `heavy` (tens of seconds each), then the rest.
+    With `--dist load --maxschedchunk 1` (the Makefile's) xdist gives each worker its next test in
+    this order as it frees up, so the long tests spread over the workers and start at once, the
+    short ones fill the gaps at the end, and the tests that need the trained run find it ready:
+    otherwise one worker can be left running long tests alone, or several wait on the same
+    fixture, while cores sit idle. (Without `--maxschedchunk 1`, xdist hands out whole blocks of
+    consecutive tests: one worker would get every heavy test.)"""
+    heavy = [item for item in items if item.get_closest_marker("heavy")]
+    trains = [item for item in items if "trained_run" in item.fixturenames and item not in heavy][:1]
+    first = trains + heavy
+    items[:] = first + [item for item in items if item not in first]

@@ -114,6 +114,7 @@ def test_serving_says_which_target_to_run_when_there_is_nothing_to_serve(bench, 
     assert "make run" in str(stop.value.code)
 
 
+@pytest.mark.heavy
 def test_the_suite_bench_runs_some_tests_and_records_nothing_for_a_part(bench) -> None:
     """bench/suite.py on two small test files, as `make bench` runs it on all of them: the
     section names the tests counted and the slowest steps; a part of the suite is never recorded."""

@@ -43,6 +43,7 @@ def test_cpu_profile_drops_the_augmented_view_and_phase_2():
     assert cheap["extraction_s"] < dear["extraction_s"] and cheap["total_s"] < dear["total_s"]
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not (ROOT / paths.settings(paths.DEFAULT_CONFIG)["data"]).is_dir(),
                     reason="needs the dataset of configs/butterflies50.toml (../shared, present in CI)")
 def test_quick_run_measures_every_phase_and_records_nothing(tmp_path):

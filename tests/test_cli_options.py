@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pytest
 from field_sets import field_photos, make_field_set, predict
+from sessions import once_per_session
 from shapes import make_dataset
 
 from training.__main__ import build_parser, main
@@ -38,8 +39,9 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Row:
-    args: tuple[str, ...]  # with {placeholders} for the `places` fixture's paths
+    args: tuple[str, ...]  # with {placeholders} for the `places` fixture's paths, and {trained}: `trained_run`
     check: Callable[[Outcome], None]
+    heavy: bool = False  # a training run: scheduled first (tests/conftest.py)
 
 
 def transfer_run(out: Outcome) -> None:
@@ -171,11 +173,11 @@ ROWS = [
          "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.2",
          "--head-learning-rate", "0.01", "--fine-tune-epochs", "1", "--fine-tune-learning-rate", "1e-3",
          "--augment-views", "2", "--field-share", "0.5", "--extract-engine", "keras", "--mixed-precision", "--strategy",
-         "mirrored"), transfer_run),
+         "mirrored"), transfer_run, heavy=True),
     Row(("compare", "--data", "{data}", "--backbones", "mobilenet:0.25,mobilenetv2:0.35", "--output-dir", "runs2",
          "--weights", "none", "--weights-file", "mobilenet:0.25={standins}/mobilenet_2_5_224_tf_no_top.h5",
          "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert",
-         "--field-data", "{field}", "--field-map", "{field_map}"), plain_run),
+         "--field-data", "{field}", "--field-map", "{field_map}"), plain_run, heavy=True),
     Row(("stand-in-weights", "standins-row", "--backbones", "mobilenet:0.25", "--seed", "3"), stand_in),
     Row(("check-data", "{data}"), dataset_report),
     Row(("predict", "--model", "{trained}/vgg16", "{data}/test/red circle/0.jpg", "--top-k", "2"), top_two),
@@ -216,16 +218,21 @@ def test_every_option_is_used():
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory, trained_run) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("options")
-    write_all(root / "standins", ["mobilenet:0.25"], seed=0)
-    (root / "config.toml").write_text("dropout = 0.3\nhead_patience = 5\n")
-    (root / "names.json").write_text(json.dumps({"red circle": "Red Circle (shown)"}))
-    (root / "cwd").mkdir()
-    field, field_map = make_field_set(root / "field")
-    return {"data": make_dataset(root / "data", counts=(4, 2, 2)), "standins": root / "standins",
-            "field": field, "field_map": field_map,
-            "config": root / "config.toml", "names": root / "names.json", "trained": trained_run, "cwd": root / "cwd"}
+def places(request, tmp_path_factory) -> dict[str, Path]:
+    """The rows' inputs, made once per session (`sessions`: rows only read them), and a working
+    folder of this worker's own for what they write."""
+
+    def build(root: Path) -> None:
+        write_all(root / "standins", ["mobilenet:0.25"], seed=0)
+        (root / "config.toml").write_text("dropout = 0.3\nhead_patience = 5\n")
+        (root / "names.json").write_text(json.dumps({"red circle": "Red Circle (shown)"}))
+        make_field_set(root / "field")
+        make_dataset(root / "data", counts=(4, 2, 2))
+
+    root = once_per_session(request, "options", build)
+    field, field_map = root / "field" / "images", root / "field" / "mapping.json"  # where make_field_set wrote them
+    return {"data": root / "data", "standins": root / "standins", "field": field, "field_map": field_map,
+            "config": root / "config.toml", "names": root / "names.json", "cwd": tmp_path_factory.mktemp("cwd")}
 
 
 @pytest.fixture(autouse=True)
@@ -235,8 +242,11 @@ def float32_afterwards():
     keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.mark.parametrize("row", ROWS, ids=[" ".join(row.args[:2]) + f"-{i}" for i, row in enumerate(ROWS)])
-def test_option_has_its_effect(row, places, capsys, monkeypatch):
+@pytest.mark.parametrize("row", [pytest.param(row, marks=[pytest.mark.heavy] if row.heavy else [],
+                                              id=" ".join(row.args[:2]) + f"-{i}") for i, row in enumerate(ROWS)])
+def test_option_has_its_effect(row, places, capsys, monkeypatch, request):
+    if any("{trained}" in arg for arg in row.args):  # only these rows wait for the session's trained run
+        places = {**places, "trained": request.getfixturevalue("trained_run")}
     monkeypatch.chdir(places["cwd"])
     argv = [arg.format(**places) for arg in row.args]
     try:

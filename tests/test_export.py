@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from sessions import once_per_session
 from shapes import run_cli
 
 from app.inference import Classifier
@@ -25,32 +26,38 @@ from training.folder import scan
 
 
 @pytest.fixture(scope="module")
-def nested_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def nested_run(request: pytest.FixtureRequest, trained_run: Path) -> Path:
     """The trained run with its test images one folder deeper inside their class folders (a layout
-    the dataset scan accepts): only run.json's labels, not the parent folder, say their class."""
-    run = tmp_path_factory.mktemp("nested") / "shapes"
-    run.mkdir()
-    (run / "vgg16").symlink_to(trained_run / "vgg16", target_is_directory=True)
-    for table in ("comparison.json", "comparison.md"):
-        shutil.copy(trained_run / table, run / table)
-    settings = json.loads((trained_run / "run.json").read_text())
-    nested = []
-    for source in map(Path, settings["splits"]["test"]):
-        target = run.parent / "test" / source.parent.name / "batch 1" / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        nested.append(str(shutil.copy(source, target)))
-    settings["splits"]["test"] = nested
-    (run / "run.json").write_text(json.dumps(settings))
-    return run
+    the dataset scan accepts): only run.json's labels, not the parent folder, say their class.
+    Made once per session (`sessions`), like the export below: tests only read them."""
+
+    def build(root: Path) -> None:
+        run = root / "shapes"
+        run.mkdir(parents=True)
+        (run / "vgg16").symlink_to(trained_run / "vgg16", target_is_directory=True)
+        for table in ("comparison.json", "comparison.md"):
+            shutil.copy(trained_run / table, run / table)
+        settings = json.loads((trained_run / "run.json").read_text())
+        nested = []
+        for source in map(Path, settings["splits"]["test"]):
+            target = root / "test" / source.parent.name / "batch 1" / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            nested.append(str(shutil.copy(source, target)))
+        settings["splits"]["test"] = nested
+        (run / "run.json").write_text(json.dumps(settings))
+
+    return once_per_session(request, "nested", build) / "shapes"
 
 
 @pytest.fixture(scope="module")
-def deploy(nested_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The module's one float32 export, by the `export` command."""
-    out = tmp_path_factory.mktemp("deploy") / "vgg16"
-    result = run_cli("export", "--run", str(nested_run), "--best", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    return out
+def deploy(request: pytest.FixtureRequest, nested_run: Path) -> Path:
+    """The session's one float32 export, by the `export` command."""
+
+    def build(root: Path) -> None:
+        result = run_cli("export", "--run", str(nested_run), "--best", "--out", str(root / "vgg16"))
+        assert result.returncode == 0, result.stderr
+
+    return once_per_session(request, "deploy", build) / "vgg16"
 
 
 def test_export_writes_a_deployable_folder(deploy: Path, nested_run: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import zipfile
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from shapes import ROOT, make_dataset
 
@@ -15,6 +16,7 @@ from training.standin import LABEL
 NOTEBOOK = ROOT / "notebooks" / "colab.ipynb"
 
 
+@pytest.mark.heavy
 def test_colab_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "shapes", counts=(4, 2, 2))
     for name, value in {"COLAB": "0", "DATA": str(data), "WORK": str(tmp_path / "work"), "WEIGHTS": "stand-in",

@@ -174,6 +174,7 @@ def test_learnability_on_an_easy_task(trained_run):
     assert run["config"]["weights"] == "none" and len(run["splits"]["test"]) == 12
 
 
+@pytest.mark.heavy
 def test_nested_class_folders_train_and_export_with_their_labels(tmp_path):
     """An image in a subfolder of its class folder still belongs to that class: in run.json's
     labels, and so in the export's own test (LiteRT scores the same as Keras) and samples."""

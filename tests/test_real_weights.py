@@ -33,6 +33,7 @@ def subset(root, tmp_path):
     return tmp_path
 
 
+@pytest.mark.heavy
 def test_imagenet_mobilenet_learns_butterflies(tmp_path):
     data = subset(BUTTERFLIES, tmp_path / "data")
     config = Config(data=str(data), run="subset", output_dir=str(tmp_path / "runs"),

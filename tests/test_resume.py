@@ -13,6 +13,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 from shapes import ROOT, make_dataset
 
 from training.config import Config
@@ -40,6 +41,7 @@ def epochs_logged(path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(file)]
 
 
+@pytest.mark.heavy
 def test_killed_run_resumes_where_it_stopped(tmp_path):
     data = make_dataset(tmp_path / "data", counts=(6, 2, 2))
     out = tmp_path / "runs"
@@ -74,6 +76,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
     keras.models.load_model(folder / "model.keras")
 
 
+@pytest.mark.heavy
 def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_path):
     """One run per boundary, each killed there (right before, then right after, a step is
     recorded), the next one resuming; then a last run. Same table as one uninterrupted run."""

@@ -107,6 +107,7 @@ def test_backbone_cuts_and_unfreezes_above_the_cut(name, stand_in_dir):
     assert trainable == above + classifier.get_layer("logits").count_params()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", [name for name in REGISTRY if name not in FULL_PATH])
 def test_backbone_converts_with_its_class_maps(name, stand_in_dir, tmp_path):
     """A registry entry's part of export (the full path exports the others): the classifier with
@@ -122,6 +123,7 @@ def test_backbone_converts_with_its_class_maps(name, stand_in_dir, tmp_path):
         assert got["class_maps"].shape[-1] == 3
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", FULL_PATH)
 def test_transfer_from_a_weights_folder_to_the_app(name, stand_in_dir, transfer_data, tmp_path):
     """The whole ImageNet path on stand-in weights, ending in the app's own code on the export."""

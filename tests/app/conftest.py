@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from photos import PHOTOS
 from PIL import Image
+from sessions import once_per_session
 from streamlit.testing.v1 import AppTest
 from tiny_models import model_card, write_model_folder, write_test_results
 
@@ -37,9 +38,10 @@ MODELS = {"tiny_a": {"seed": 1, "top1": 0.80}, "tiny_b": {"seed": 2, "top1": 0.9
 
 
 @pytest.fixture(scope="session")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model root with two model folders, sample photos and a comparison table."""
-    return build_model_root(tmp_path_factory.mktemp("deploy"))
+def model_root(request: pytest.FixtureRequest) -> Path:
+    """A model root with two model folders, sample photos and a comparison table; made once per
+    session (`sessions`): tests only read it."""
+    return once_per_session(request, "model-root", lambda folder: build_model_root(folder / "deploy")) / "deploy"
 
 
 @pytest.fixture(scope="session")

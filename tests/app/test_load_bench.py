@@ -40,6 +40,7 @@ def photo_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.heavy
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_every_tab_is_answered_and_the_memory_figures_are_within_the_targets(
         model_root: Path, photo_folder: Path, tmp_path: Path) -> None:
