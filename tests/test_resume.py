@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from shapes import ROOT, make_dataset
 
-from training.config import Config
-from training.runner import STEPS, compare
+from training.runner import STEPS
 
 ARGS = ["--backbones", "vgg16", "--weights", "none", "--image-size", "32", "--head-epochs", "2",
         "--fine-tune-epochs", "5", "--run", "resumable"]
@@ -77,16 +76,14 @@ def test_killed_run_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.heavy
-def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_path):
+def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_path, trained_run):
     """One run per boundary, each killed there (right before, then right after, a step is
-    recorded), the next one resuming; then a last run. Same table as one uninterrupted run."""
-    data = make_dataset(tmp_path / "data", counts=(4, 2, 2))
-    reference = compare(Config(data=str(data), run="reference", output_dir=str(tmp_path / "runs"),
-                               cache_dir=str(tmp_path / "reference-cache"), backbones=["vgg16"], weights="none",
-                               image_size=32, head_epochs=2, fine_tune_epochs=1, augment=False, batch_size=8))
-    args = ["compare", "--data", str(data), "--run", "killed", "--output-dir", str(tmp_path / "runs"),
+    recorded), the next one resuming; then a last run. Same table and model as the session's
+    `trained_run`: one uninterrupted run with the same settings."""
+    settings = json.loads((trained_run / "run.json").read_text())["config"]
+    args = ["compare", "--data", settings["data"], "--run", "killed", "--output-dir", str(tmp_path / "runs"),
             "--cache-dir", str(tmp_path / "cache"), "--backbones", "vgg16", "--weights", "none", "--image-size", "32",
-            "--head-epochs", "2", "--fine-tune-epochs", "1", "--no-augment", "--batch-size", "8"]
+            "--head-epochs", "40", "--fine-tune-epochs", "3", "--batch-size", "32", "--fine-tune-learning-rate", "1e-4"]
     folder = tmp_path / "runs" / "killed" / "vgg16"
     points = [f"{moment}:{step}" for step in STEPS for moment in ("before", "after")] + ["none"]  # the last: no kill
     chain = run([sys.executable, str(ROOT / "tests" / "kill_chain.py"), str(folder / "state.json"), ",".join(points),
@@ -101,10 +98,11 @@ def test_killed_at_every_step_boundary_resumes_to_the_uninterrupted_result(tmp_p
 
     columns = ("backbone", "top1", "top5", "macro_f1")
     resumed = json.loads((folder.parent / "comparison.json").read_text())
+    reference = json.loads((trained_run / "comparison.json").read_text())
     assert [{c: row[c] for c in columns} for row in resumed] == [{c: row[c] for c in columns} for row in reference]
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(keras.models.load_model(folder / "model.keras").predict(pixels, verbose=0),
-                               keras.models.load_model(tmp_path / "runs" / "reference" / "vgg16" / "model.keras")
+                               keras.models.load_model(trained_run / "vgg16" / "model.keras")
                                .predict(pixels, verbose=0), atol=1e-5)
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
     for path in folder.parent.rglob("*.json"):
