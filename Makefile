@@ -40,7 +40,8 @@ slug: setup
 
 # Works from a clean clone: train_compare.py trains the runs it measures (bench/results/), and
 # serving.py exports the best of a finished run when saved_models/deploy holds no model yet;
-# suite.py times `make test`'s pytest run.
+# suite.py times `make test`'s pytest run. After a failure, `bench/train_compare.py --resume` runs
+# only its jobs not yet recorded in bench/results/jobs.json.
 bench: setup
 	$(PY) bench/extraction.py --config $(CONFIG)
 	$(PY) bench/train_compare.py --config $(CONFIG)

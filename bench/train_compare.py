@@ -5,7 +5,7 @@ Named so as not to shadow the `training` package: a script's own folder comes fi
 Run from the repository root (the longest of the benches: it trains every backbone of the config
 five times over, and the baseline; `--dry-run` only checks the paths):
 
-    .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--field DIR] [--dry-run]
+    .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--field DIR] [--resume] [--dry-run]
 
 Six jobs, each in its own process so its time and peak memory are its own, one after the other:
 1. the full recipe (`compare` with the config: cached features, head, fine-tuning) with an empty
@@ -21,7 +21,9 @@ Six jobs, each in its own process so its time and peak memory are its own, one a
    afterwards on the finished runs (`--field-data`, which retrains nothing);
 6. the original project's baseline recipe on the same data and weights: inputs rescaled by
    1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
-The runs are written to bench/results/, where bench/serving.py finds one to export.
+The runs are written to bench/results/, where bench/serving.py finds one to export; each job's
+time and peak memory to bench/results/jobs.json as it ends, so that `--resume` after a failure
+runs only the jobs not recorded there.
 """
 
 from __future__ import annotations
@@ -141,21 +143,45 @@ def test_images(data: Path) -> int:
     return sum(1 for path in (data / "test").rglob("*") if path.is_file() and not path.name.startswith("."))
 
 
-def benchmark(config: Path, data: Path, field: Path | None) -> None:
-    """Run the six jobs one after the other, then print and record the section."""
+def jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:
+    """The jobs by name, in the order they run: the five timed training runs (the first on an
+    empty cache), the field measurements (after them: measuring the field set retrains nothing),
+    then the baseline."""
+    return {**{run: compare(config, run, cache, *options) for run, options in RUNS.items()},
+            **{f"field-{run}": job for run, job in zip(("cold", "no-field"), field_jobs(config, cache, field))},
+            "baseline": [__file__, "--baseline", "--config", str(config)]}
+
+
+def run_jobs(config: Path, cache: Path, field: Path | None, resume: bool) -> dict[str, dict[str, float]]:
+    """Run the jobs, recording each one's wall time and peak memory in OUT/jobs.json as it ends.
+
+    With `resume`, the jobs recorded there are kept and the others run again from the start (their
+    run folder removed, and the cache too while the cold run is not recorded: its time is that of
+    an empty cache), so a failure late in the hour costs only the jobs after it."""
+    from training.artifacts import write_json  # atomic: a kill leaves the last complete record
+
+    record = OUT / "jobs.json"
+    done = json.loads(record.read_text()) if resume and record.is_file() else {}
+    if "cold" not in done:
+        shutil.rmtree(cache, ignore_errors=True)
+    for name, job in jobs(config, cache, field).items():
+        if name in done:
+            print(f"{name}: recorded in {paths.shown(record)}, not run again", file=sys.stderr)
+            continue
+        if name in RUNS:
+            shutil.rmtree(OUT / name, ignore_errors=True)
+        wall_s, peak_mb = run_job(job)
+        done[name] = {"wall_s": wall_s, "peak_mb": peak_mb}
+        write_json(record, done)
+    return done
+
+
+def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False) -> None:
+    """Run the jobs (or the rest of them), then print and record the section."""
     OUT.mkdir(parents=True, exist_ok=True)
-    cache = OUT / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    for run in RUNS:
-        shutil.rmtree(OUT / run, ignore_errors=True)
-    cold_s, cold_mb = run_job(compare(config, "cold", cache))
-    warm_s, warm_mb = run_job(compare(config, "warm", cache))
-    head_s, _ = run_job(compare(config, "warm-phase1", cache, *RUNS["warm-phase1"]))
-    run_job(compare(config, "no-smoothing", cache, *RUNS["no-smoothing"]))
-    run_job(compare(config, "no-field", cache, *RUNS["no-field"]))
-    for job in field_jobs(config, cache, field):  # after the timed jobs: measuring the field set retrains nothing
-        run_job(job)
-    base_s, base_mb = run_job([__file__, "--baseline", "--config", str(config)])
+    timings = run_jobs(config, OUT / "cache", field, resume)
+    (cold_s, cold_mb), (warm_s, warm_mb), (head_s, _), (base_s, base_mb) = (
+        (timings[name]["wall_s"], timings[name]["peak_mb"]) for name in ("cold", "warm", "warm-phase1", "baseline"))
 
     full, warm = results("cold"), results("warm")
     base = json.loads((OUT / "baseline.json").read_text())
@@ -262,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--field", type=Path, default=FIELD,
                         help="a field set to measure the runs on: images/ of class folders and mapping.json "
                              "(default: leeds-field; skipped with a note when absent)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the jobs bench/results/jobs.json records (from a run that stopped) and run the rest")
     parser.add_argument("--baseline", action="store_true",
                         help="run the baseline job alone (the benchmark runs it so, in a process of its own)")
     args = parser.parse_args(argv)
@@ -277,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.baseline:
         baseline(args.config, data, weights)
     else:
-        benchmark(args.config, data, field)
+        benchmark(args.config, data, field, args.resume)
 
 
 if __name__ == "__main__":

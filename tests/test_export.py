@@ -21,6 +21,7 @@ from app.inference import Classifier
 from runtime import imaging, model_folder
 from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 from training import export as export_module
+from training.__main__ import main
 from training.dataset import image_dataset
 from training.folder import scan
 
@@ -51,11 +52,10 @@ def nested_run(request: pytest.FixtureRequest, trained_run: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def deploy(request: pytest.FixtureRequest, nested_run: Path) -> Path:
-    """The session's one float32 export, by the `export` command."""
+    """The session's one float32 export, by the `export` command (run in this process)."""
 
     def build(root: Path) -> None:
-        result = run_cli("export", "--run", str(nested_run), "--best", "--out", str(root / "vgg16"))
-        assert result.returncode == 0, result.stderr
+        assert main(["export", "--run", str(nested_run), "--best", "--out", str(root / "vgg16")]) == 0
 
     return once_per_session(request, "deploy", build) / "vgg16"
 
