@@ -45,7 +45,11 @@ def image_dataset(
 
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     if augment is not None:
-        dataset = dataset.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        # One batch at a time: the random layers draw from a seed generator whose state each call
+        # advances, so batches augmented in parallel would take its draws in whatever order the
+        # threads ran, and the same seed would give other views (and another model) on each run.
+        # Prefetching still overlaps the augmentation with the model's work on the previous batch.
+        dataset = dataset.map(lambda x, y: (augment(x, training=True), y))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
