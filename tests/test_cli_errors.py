@@ -76,6 +76,9 @@ ROWS = [  # (arguments, phrase the error names)
     (COMPARE + ["--weights", "none", "--data", "{small_pool}"], "'blue triangle' has 4 usable image(s)"),
     (COMPARE + ["--weights", "none", "--data", "{tmp}/nodata"], "no such dataset folder"),
     (["check-data", "{one_class}"], "a classifier needs at least two class folders"),
+    # A run folder trained with other settings: resuming it would mix two runs.
+    (BASE + ["--backbones", "vgg16", "--weights", "none", "--run", "old"],
+     "{tmp}/runs/old/vgg16 was trained with other settings (input_size, "),
     (["check-data", "{small_pool}"], "at this split each class needs at least 10"),
     # A field set: both options or neither, a folder and a mapping of its folders to classes.
     (COMPARE + ["--field-data", "{field}"], "options: field_data needs field_map"),
@@ -126,6 +129,8 @@ def places(tmp_path) -> dict[str, Path]:
     (model / "labels.json").write_text(json.dumps(["blue triangle", "green square", "red circle"]))
     (tmp_path / "run" / "run.json").write_text("{}")
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "runs" / "old" / "vgg16").mkdir(parents=True)  # an earlier run, at another image size
+    (tmp_path / "runs" / "old" / "vgg16" / "config.json").write_text(json.dumps({"backbone": "vgg16", "input_size": [64, 64]}))
     for folder in ("a", "b"):  # a field set: folders a and b of one photo each
         (tmp_path / "field" / folder).mkdir(parents=True)
         draw("red circle", np.random.default_rng(0)).save(tmp_path / "field" / folder / "0.jpg")
@@ -191,10 +196,12 @@ def test_bad_input_gets_one_clear_error(arguments, phrase, places, capsys, monke
     ["export", "--model", "{model}", "--out", "{file}"],
     ["compare", "--data", "{data}", "--head-epochs", "0"],
     ["compare", "--data", "{data}", "--backbones", "mobilenet:0.25", "--weights-dir", "{tmp}"],
+    ["compare", "--data", "{one_class}", "--backbones", "vgg16", "--weights", "none"],
+    ["compare", "--data", "{data}", "--backbones", "vgg16", "--weights", "none", "--output-dir", "{tmp}/runs", "--run", "old"],
 ])
 def test_checks_answer_without_tensorflow(arguments, places):
-    """check-data and the checks of every command's options (compare's settings and weight files
-    too) need no TensorFlow, whose start-up is slow."""
+    """check-data and the checks of every command's options need no TensorFlow, whose start-up
+    is slow: compare's settings, weight files, dataset and run folder (`training.plan`) too."""
     argv = [expand(argument, places) for argument in arguments]
     script = "import sys; from training.__main__ import main; code = main(sys.argv[1:]); " \
              "print('tensorflow' in sys.modules); sys.exit(code)"

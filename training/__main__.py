@@ -112,13 +112,15 @@ def import_tensorflow_quietly() -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    """Refuse, before TensorFlow's slow start-up, what the command cannot use: compare's settings
-    (`load_config`, kept in `args.config_loaded`) and starting weights, or a folder without what
-    predict or export needs, a place that cannot be written, ..."""
+    """Refuse, before TensorFlow's slow start-up, what the command cannot use: compare's settings,
+    starting weights, dataset, field set and run folder (its checked plan, kept in `args.plan`),
+    or a folder without what predict or export needs, a place that cannot be written, ..."""
     from training.config import ConfigError, check_writable
 
     if args.command == "compare":
-        args.config_loaded = compare_config(args)
+        from training.plan import make_plan
+
+        args.plan = make_plan(compare_config(args))
     elif args.command == "predict":
         model_file(args.model, "model.keras", "--model")
         model_file(args.model, "trust.json", "--model")  # the "not sure" threshold (training.trust)
@@ -153,9 +155,7 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def compare_config(args: argparse.Namespace) -> Config:
-    """The config file with the options over it, checked, and every backbone's starting weights
-    found (a missing file stops here; a download, for users online, happens here too)."""
-    from training.backbones import parse_variant, resolve_weights
+    """The config file with the options over it, checked."""
     from training.config import load_config
 
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "weights_file")}
@@ -163,12 +163,7 @@ def compare_config(args: argparse.Namespace) -> Config:
         overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
     if args.weights_file:
         overrides["weight_files"] = dict(item.split("=", 1) for item in args.weights_file)
-    config = load_config(args.config, overrides)
-    weights_dir = Path(config.weights_dir) if config.weights_dir else None
-    for spec in config.backbones:
-        variant = parse_variant(spec, config.image_size)
-        resolve_weights(variant, config.weights, weights_dir, config.weight_files.get(variant.id))
-    return config
+    return load_config(args.config, overrides)
 
 
 def model_file(folder: str, name: str, option: str) -> Path:
@@ -214,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     from training.backbones import BackboneError
     from training.config import ConfigError
     from training.folder import DataError
+    from training.plan import RunError
 
     try:
         if args.command == "check-data":
@@ -222,19 +218,18 @@ def run(args: argparse.Namespace) -> int:
             print(scan(args.data).report())
             return 0
         check_options(args)
-    except (BackboneError, ConfigError, DataError, imaging.ImageError) as error:
+    except (BackboneError, ConfigError, DataError, RunError, imaging.ImageError) as error:
         return fail(error)
 
     import_tensorflow_quietly()
     from runtime.litert import ModelError
     from training.export import ExportError
-    from training.runner import RunError
 
     try:
         if args.command == "compare":
             from training.runner import compare
 
-            compare(args.config_loaded)
+            compare(args.plan.config, args.plan)
         elif args.command == "predict":
             from training.predict import run_predict
 
@@ -249,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
             specs = [b for b in (args.backbones or "").split(",") if b.strip()]
             for path in write_all(args.folder, specs or None, args.seed):
                 print(path)
-    except (BackboneError, ConfigError, DataError, ExportError, ModelError, RunError,
+    except (BackboneError, ConfigError, DataError, ExportError, ModelError,
             imaging.ImageError) as error:
         return fail(error)
     return 0

@@ -59,13 +59,6 @@ class Features:
         return Features(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("activations", "pooled", "labels")))
 
 
-def weights_id(weights: str | Path | None, seed: int) -> str:
-    """What identifies the starting weights: the file's md5, or the seed of a random init."""
-    if weights is None:
-        return f"random-init-seed{seed}"
-    return hashlib.md5(Path(weights).read_bytes()).hexdigest()
-
-
 def cache_file(config: Config, dataset: ImageFolder, variant: Variant, weights_key: str, split: str, view: int) -> Path:
     """The cache file of one split (and augmented view), named by everything its content depends on."""
     parts = [FORMAT, dataset.fingerprint(split), variant.id, str(variant.size), weights_key, split, str(view)]

@@ -35,15 +35,11 @@ or after a step records itself in `state.json` (tests/test_resume.py kills at ev
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import signal
 import time
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -52,86 +48,35 @@ import tensorflow as tf
 from runtime.model_folder import LABELS_FILE
 from training import ensemble, field, trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
-from training.backbones import Variant, parse_variant, resolve_weights
+from training.backbones import Variant
 from training.config import Config
 from training.dataset import image_dataset
 from training.evaluate import TEST_PREDICTIONS, latency_ms, metrics, write_confusion, write_curves
-from training.features import Features, bottom_file, extract, training_features, uses_litert, weights_id
+from training.features import Features, bottom_file, extract, training_features, uses_litert
 from training.finetune import fine_tune, restore_best
-from training.folder import SPLITS, ImageFolder, scan
+from training.folder import SPLITS, ImageFolder
 from training.head import train_head
 from training.model import bottom, build_classifier, head
+from training.plan import BackboneSettings, Plan, make_plan
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
 from training.trust import pooled_and_logits
 
-# Settings that do not change a backbone's result, so a resumed run may differ in them.
-NOT_RESULT_SETTINGS = {"backbones", "run", "output_dir", "cache_dir", "data", "weights_dir", "weight_files",
-                       "frozen_until", "extract_engine", "subject",  # extract_engine: same features to rounding
-                       "field_data", "field_map"}  # measured after training, never trained on
 STEPS = ("features", "head", "fine_tune", "trust", "evaluate")
 TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "trust": "calibration and held-out species",
           "evaluate": "evaluation"}
 KILL_AT = "TRAINING_KILL_AT"
 
 
-class RunError(ValueError):
-    """A run folder that cannot be resumed with the given settings."""
-
-
-@dataclass(frozen=True)
-class BackboneSettings:
-    """Everything a backbone's result depends on, saved as its config.json and checked on resume."""
-
-    backbone: str
-    input_size: tuple[int, int]
-    frozen_until: str | None  # None: from scratch, nothing frozen
-    fine_tune_learning_rate: float  # the config's, scaled for the backbone
-    weights: str  # where the starting weights came from; not checked on resume (a file may move)
-    weights_id: str  # what they are: checked
-    dataset_fingerprint: str
-    classes: list[str]
-    settings: dict[str, Any]  # the config, less `NOT_RESULT_SETTINGS`
-
-    @classmethod
-    def resolve(cls, config: Config, dataset: ImageFolder, variant: Variant, weights: Path | None) -> BackboneSettings:
-        # From scratch (no weights) nothing is worth freezing: phase 2 then trains every block.
-        frozen_until = config.frozen_until.get(variant.id, variant.backbone.frozen_until) if weights else None
-        return cls(
-            backbone=variant.id, input_size=(variant.size, variant.size), frozen_until=frozen_until,
-            fine_tune_learning_rate=config.fine_tune_learning_rate * variant.backbone.learning_rate_scale,
-            weights=str(weights) if weights else "none", weights_id=weights_id(weights, config.seed),
-            dataset_fingerprint=dataset.fingerprint(), classes=dataset.classes,
-            settings={k: v for k, v in config.to_dict().items() if k not in NOT_RESULT_SETTINGS},
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """As saved in config.json: tuples become lists."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def differences(self, saved: dict[str, Any]) -> list[str]:
-        """The names of the settings in which a saved config.json differs from these."""
-        mine = self.to_json()
-        different = [k for k in mine if k not in ("weights", "settings") and saved.get(k) != mine[k]]
-        return different + [k for k, v in mine["settings"].items() if saved.get("settings", {}).get(k) != v]
-
-
-def compare(config: Config) -> list[dict]:
-    """Train each backbone of `config` (resuming where possible) and write the comparison."""
-    variants = [parse_variant(spec, config.image_size) for spec in config.backbones]
-    weights_dir = Path(config.weights_dir) if config.weights_dir else None
-    weights = {  # Resolved up front: a missing weights file stops the run before any training.
-        v.id: resolve_weights(v, config.weights, weights_dir, config.weight_files.get(v.id)) for v in variants
-    }
-    dataset = scan(config.data, config.seed, config.split)
+def compare(config: Config, plan: Plan | None = None) -> list[dict]:
+    """Train each backbone of `config` (resuming where possible) and write the comparison;
+    `plan`: the run's `training.plan.make_plan(config)`, when the caller checked it already."""
+    plan = plan or make_plan(config)  # refuses before anything is written
+    variants, weights, dataset, field_set = plan.variants, plan.weights, plan.dataset, plan.field_set
     print(dataset.report())
-    field_set = field.read(config.field_data, config.field_map, dataset.classes) if config.field_data else None
     if field_set is not None:
         print(field_set.report())
-    settings = {v.id: BackboneSettings.resolve(config, dataset, v, weights[v.id]) for v in variants}
     run_dir = config.run_dir
-    for variant in variants:  # Refuse before writing anything.
-        check_resumable(run_dir / variant.id, settings[variant.id])
     for folder in (run_dir, Path(config.cache_dir)):
         remove_orphans(folder)
     write_run(run_dir, config, dataset)
@@ -143,7 +88,7 @@ def compare(config: Config) -> list[dict]:
     rows, field_probabilities = [], {}
     for variant in variants:
         print(f"\n== {variant.id} ({variant.size}x{variant.size}, weights: {weights[variant.id] or 'none'})")
-        run = BackboneRun(config, dataset, variant, weights[variant.id], settings[variant.id], strategy)
+        run = BackboneRun(config, dataset, variant, weights[variant.id], plan.settings[variant.id], strategy)
         row = run.train()
         if field_set is not None:
             field_probabilities[variant.id] = run.field_probabilities(field_set)
@@ -154,15 +99,6 @@ def compare(config: Config) -> list[dict]:
     rows = write_comparison(run_dir, rows, combined, field_set)
     print("\n" + (run_dir / "comparison.md").read_text())
     return rows
-
-
-def check_resumable(folder: Path, settings: BackboneSettings) -> None:
-    """Refuse to mix results made with other settings into this backbone's folder."""
-    saved = folder / "config.json"
-    different = settings.differences(read_json(saved)) if saved.is_file() else []
-    if different:
-        raise RunError(f"{folder} was trained with other settings ({', '.join(different)}); "
-                       "use another --run name, or delete that folder to retrain it")
 
 
 def write_run(run_dir: Path, config: Config, dataset: ImageFolder) -> None:
