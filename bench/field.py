@@ -217,7 +217,7 @@ def augmented_images(paths: list[Path], size: int, recipe: str, seed: int) -> Ca
         from training.dataset import augmentation
 
         layers = augmentation(Config(), seed)
-        return lambda i: np.asarray(layers(imaging.load_pixels(paths[i], (size, size))[None].astype("float32"), training=True)[0])
+        return lambda i: np.asarray(layers(imaging.load_pixels(paths[i], (size, size))[None].astype("float32"), index=i)[0])
 
     def view(i: int) -> np.ndarray:
         rng = np.random.default_rng([seed, i])

@@ -34,9 +34,21 @@ def centre_of_mass(images: np.ndarray) -> np.ndarray:
 
 def test_augmentation_follows_the_config():
     assert augmentation(Config(data="x", augment=False), seed=1) is None
-    assert [type(layer).__name__ for layer in augmentation(Config(data="x"), seed=1).layers] == ["RandomFlip", "RandomAffine"]
-    flip_only = augmentation(Config(data="x", rotation=0, zoom=0, translation=0), seed=1)
-    assert [type(layer).__name__ for layer in flip_only.layers] == ["RandomFlip"]
+    assert augmentation(Config(data="x", flip=False, rotation=0, zoom=0, translation=0), seed=1) is None
+    config = Config(data="x")
+    layer = augmentation(config, seed=1)
+    assert (layer.flip, layer.rotation, layer.zoom, layer.translation) == (True, config.rotation, config.zoom, config.translation)
+    assert augmentation(Config(data="x", flip=False), seed=1).flip is False
+
+
+def test_random_affine_flips_about_the_centre():
+    """With flip alone, each image comes out as it was or as its mirror image, both in a batch."""
+    images = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    flipped = np.asarray(RandomAffine(0, 0, 0, flip=True, seed=3)(images))
+    mirrored = [np.allclose(out, image[:, ::-1], atol=1e-3) for out, image in zip(flipped, images, strict=True)]
+    kept = [np.allclose(out, image, atol=1e-3) for out, image in zip(flipped, images, strict=True)]
+    assert all(m != k for m, k in zip(mirrored, kept, strict=True))  # one or the other, exactly
+    assert 0 < sum(mirrored) < len(images)
 
 
 def test_random_affine_with_zero_factors_is_the_identity():
@@ -57,11 +69,14 @@ def test_random_affine_rotates_and_zooms_about_the_centre_and_shifts_within_boun
     assert offsets.max() >= 1  # and really moved
 
 
-def test_random_affine_is_reproducible_from_its_seed():
+def test_random_affine_is_reproducible_from_its_seed_and_the_batch_index():
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     first, second, other = (np.asarray(RandomAffine(0.05, 0.1, 0.1, seed=s)(images)) for s in (7, 7, 8))
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first, other)
+    layer = RandomAffine(0.05, 0.1, 0.1, flip=True, seed=7)
+    np.testing.assert_array_equal(np.asarray(layer(images, index=5)), np.asarray(layer(images, index=5)))  # stateless
+    assert not np.allclose(np.asarray(layer(images, index=5)), np.asarray(layer(images, index=6)))
 
 
 def test_augmented_batches_are_the_same_on_every_pass(tmp_path):

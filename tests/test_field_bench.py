@@ -159,3 +159,17 @@ def test_an_unknown_recipe_is_refused(tmp_path):
     framed = field_augment.framed_loader(image_files(tmp_path / "train", 2), 16, seed=0, share=1.0, recipe="nope")
     with pytest.raises(ValueError, match="unknown field augmentation recipe 'nope'"):
         framed(0)
+
+
+def test_the_pipelines_own_augmentation_is_one_view_per_image_and_seed(tmp_path):
+    """The "affine" recipe measured beside the field views: image i's view depends on (seed, i)
+    only, so it differs from image to image and is the same when asked again."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        blob(COLOURS[0], rng)[0].save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    Image.open(paths[0]).save(paths[1])  # two identical images: only the draws can tell them apart
+    view = field.augmented_images(paths, 32, "affine", seed=4)
+    np.testing.assert_array_equal(view(0), view(0))
+    assert not np.allclose(view(0), view(1))

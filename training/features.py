@@ -40,7 +40,7 @@ from training.field_augment import RECOMMENDED, framed_loader
 from training.folder import ImageFolder
 from training.model import to_litert
 
-FORMAT = "2"  # bump when what a cache file holds changes, so old files are not misread
+FORMAT = "3"  # bump when what a cache file holds changes, so old files are not misread (3: stateless augmentation)
 # Below this many images to extract, "auto" keeps TensorFlow: bench/extraction.py measures a
 # conversion of 3-9 s against 1.5-4 ms saved per image (break-even: about 1,000-6,000 images).
 LITERT_MIN_IMAGES = 2000
