@@ -113,14 +113,16 @@ def import_tensorflow_quietly() -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse, before TensorFlow's slow start-up, what the command cannot use: compare's settings,
-    starting weights, dataset, field set and run folder (its checked plan, kept in `args.plan`),
+    starting weights, dataset, field set and run folder (kept in `args.config_loaded` and its
+    checked plan in `args.plan`),
     or a folder without what predict or export needs, a place that cannot be written, ..."""
     from training.config import ConfigError, check_writable
 
     if args.command == "compare":
         from training.plan import make_plan
 
-        args.plan = make_plan(compare_config(args))
+        args.config_loaded = compare_config(args)
+        args.plan = make_plan(args.config_loaded)
     elif args.command == "predict":
         model_file(args.model, "model.keras", "--model")
         model_file(args.model, "trust.json", "--model")  # the "not sure" threshold (training.trust)
@@ -229,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "compare":
             from training.runner import compare
 
-            compare(args.plan.config, args.plan)
+            compare(args.config_loaded, args.plan)
         elif args.command == "predict":
             from training.predict import run_predict
 

@@ -79,9 +79,8 @@ class BackboneSettings:
 
 @dataclass(frozen=True)
 class Plan:
-    """A checked run: `compare` trains `variants` in order, each from `weights[id]` with `settings[id]`."""
+    """A checked run of a config: `compare` trains `variants` in order, each from `weights[id]` with `settings[id]`."""
 
-    config: Config
     variants: list[Variant]
     weights: dict[str, Path | None]  # None: random initial weights
     dataset: ImageFolder
@@ -99,7 +98,7 @@ def make_plan(config: Config) -> Plan:
     settings = {v.id: BackboneSettings.resolve(config, dataset, v, weights[v.id]) for v in variants}
     for variant in variants:
         check_resumable(config.run_dir / variant.id, settings[variant.id])
-    return Plan(config, variants, weights, dataset, field_set, settings)
+    return Plan(variants, weights, dataset, field_set, settings)
 
 
 def check_resumable(folder: Path, settings: BackboneSettings) -> None:
