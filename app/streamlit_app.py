@@ -422,7 +422,7 @@ def about_page(root: Path, classifier: Classifier) -> None:
 
 
 # How the comparison table's columns are shown: rates as percents, then units by name.
-PERCENT_COLUMNS = ("top1", "top5", "macro_f1", "ece", "fpr")
+PERCENT_COLUMNS = ("top1", "top5", "macro_f1", "ece", "fpr", "answered", "right", "not_sure")
 
 
 def column_format(name: str) -> str | None:

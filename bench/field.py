@@ -13,8 +13,10 @@ without the second look (`runtime.second_look`):
 - unknown-species scores (`training.unknown`): AUROC and FPR at 95% TPR by leave-species-out
   (5 folds of 10 held-out classes, on train + valid: a head is refitted on the 40 kept classes'
   pooled features), and on leeds-field's four unknown species against its six known ones;
-- the default score (best leave-species-out FPR@95TPR among `unknown.TRANSFERABLE`) and its threshold (the median over folds
-  of the threshold keeping 95% of known validation images): never chosen on test or leeds-field;
+- what the app serves (`training.trust`): calibrated max-softmax and its "not sure" threshold,
+  the model card's for a trained model (trust.json), else the one the trust step would set (the
+  median over folds of the threshold keeping 95% of known validation images): never chosen on
+  test or leeds-field;
 - leeds-field known top-1, heatmap-in-mask rate (the share of photos whose top class map,
   upsampled to the photo, peaks inside its butterfly mask), and at the threshold: the share of
   known photos answered, the accuracy of those answers, the share of unknown ones answered
@@ -61,6 +63,8 @@ ALL_IMAGES = ["zoom_out", "field"]  # ...except these recipes, measured again wi
 SEED = 1337
 FOLDS, HELD_OUT = 5, 10
 BANK_PER_CLASS = unknown.BANK_PER_CLASS
+SERVED_SCORE = "max_softmax"  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
+EVALUATED_FORMAT = "2"  # what a kept result was measured by; 2: the second look averages logits, as the app does
 
 
 def log(message: str) -> None:
@@ -117,6 +121,7 @@ class Model:
     size: int
     feature_map: Callable[[np.ndarray], np.ndarray]
     head: unknown.LinearHead | None = None  # None: frozen features, a head is fitted here
+    threshold: float | None = None  # a trained model's "not sure" threshold (trust.json); None: set here
     notes: list[str] = field(default_factory=list)
 
 
@@ -167,7 +172,8 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     path = WORK / "cache" / key / "feature_map.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
     return Model(f"{folder.name} fine-tuned ({folder.parent.name} run)", key, int(inputs.shape[1]),
-                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), unknown.LinearHead(weights, bias))
+                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), unknown.LinearHead(weights, bias),
+                 json.loads((folder / "trust.json").read_text(encoding="utf-8"))["threshold"])
 
 
 # --- Features, cached ------------------------------------------------------------------------------
@@ -344,27 +350,27 @@ def field_pass(model: Model, head: unknown.LinearHead, scorer: unknown.Scorer,
 def look_scores(scorer: unknown.Scorer, full: list[dict], second: list[dict] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Answers and scores without (second=None) or with the second look.
 
-    With it, the answer comes from the average of both passes' tempered probabilities (max-softmax
-    reads that average); every other score is the mean of its two passes' values.
+    With it, the answer and the logit scores read the two passes' averaged logits, as the app and
+    `predict` answer (`runtime.answer.logits`); the feature-space scores (kNN, Mahalanobis), which
+    the app does not serve, are the mean of the two passes' values.
     """
-    first = scorer.scores(np.stack([o["pooled"] for o in full]), np.stack([o["logits"] for o in full]))
-    logits = np.stack([o["logits"] for o in full])
-    probabilities = calibration.scaled_probabilities(logits, scorer.temperature)
+    logits, pooled = np.stack([o["logits"] for o in full]), np.stack([o["pooled"] for o in full])
     if second is None:
-        return probabilities.argmax(1), first
-    crop_logits = np.stack([o["logits"] for o in second])
-    other = scorer.singles(np.stack([o["pooled"] for o in second]), crop_logits)
-    probabilities = (probabilities + calibration.scaled_probabilities(crop_logits, scorer.temperature)) / 2
-    scores = {name: (first[name] + other[name]) / 2 for name in other}
-    scores["max_softmax"] = probabilities.max(1)
-    scores["max_softmax+knn"] = scorer.combination.score(scores)
-    return probabilities.argmax(1), scores
+        return logits.argmax(1), scorer.scores(pooled, logits)
+    averaged = (logits + np.stack([o["logits"] for o in second])) / 2
+    scores = scorer.singles(pooled, averaged)
+    crop = scorer.singles(np.stack([o["pooled"] for o in second]), averaged)
+    for name in ("knn", "mahalanobis"):
+        scores[name] = (scores[name] + crop[name]) / 2
+    scores["+".join(unknown.COMBINED)] = scorer.combination.score(scores)
+    return averaged.argmax(1), scores
 
 
 def evaluate(model: Model, head: unknown.LinearHead, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
     """Everything of the module doc for one model and head (kept in bench/results/field/evaluated:
     a rerun that adds a model does not measure the others again)."""
-    digest = hashlib.sha256(head.weights.tobytes() + "".join(str(p.path) for p in photos).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(head.weights.tobytes() + "".join(str(p.path) for p in photos).encode()
+                            + EVALUATED_FORMAT.encode()).hexdigest()[:12]
     path = WORK / "evaluated" / f"{model.key}-{digest}.json"
     if path.is_file():
         return {**json.loads(path.read_text(encoding="utf-8")), "model": label}
@@ -390,8 +396,7 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     }
     log("  leave-species-out")
     result["species_out"] = unknown.summarise(unknown.held_out_species(train, valid, HELD_OUT, FOLDS, SEED, BANK_PER_CLASS))
-    default = unknown.default_score(result["species_out"])
-    result["default_score"], result["threshold"] = default, result["species_out"][default]["threshold"]
+    result["threshold"] = (result["species_out"][SERVED_SCORE]["threshold"] if model.threshold is None else model.threshold)
     log("  field photos")
     passes = field_pass(model, head, scorer, photos)
     labels = np.array([photo.label for photo in photos])
@@ -399,7 +404,7 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     test_scores = scorer.scores(test[0])
     for look_name, second in (("first", None), ("second", passes["second"])):
         answers, scores = look_scores(scorer, passes["full"], second)
-        answered = scores[default] >= result["threshold"]
+        answered = scores[SERVED_SCORE] >= result["threshold"]
         result[look_name] = {
             "field_top1": float(np.mean(answers[known] == labels[known])),
             "unknown": {name: {"auroc": unknown.auroc(s[known], s[~known]), "fpr95": unknown.fpr_at_tpr(s[known], s[~known])}
@@ -433,10 +438,11 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
              f"Reproduce: `{command}`. leeds-field: 504 photos of 6 species butterflies50 knows, 328 of 4 it does not; "
              f"never trained on. Leave-species-out: {FOLDS} folds of {HELD_OUT} butterflies50 classes held out "
              f"(known: the kept classes' validation images; unknown: the held-out classes' train + valid images). "
-             f"Thresholds keep 95% of known validation images in each fold (median over folds); the default score "
-             f"is the one with the lowest leave-species-out FPR@95TPR among those whose threshold carries over from the "
-             f"folds' refitted logistic-regression heads to the model's own head ({', '.join(unknown.TRANSFERABLE)}); "
-             f"for the fine-tuned models the folds refit a head on the fine-tuned features, whose backbone saw the "
+             f"Thresholds keep 95% of known validation images in each fold (median over folds). The app serves "
+             f"{SERVED_SCORE} (see `training.trust` for why) at the model card's threshold (a fine-tuned model's trust.json; "
+             f"for a frozen pilot, set here as the trust step sets it); the other scores are measured for comparison. "
+             f"Second look: the two passes' logits averaged, as the app answers. For the fine-tuned models the folds "
+             f"refit a head on the fine-tuned features, whose backbone saw the "
              f"held-out species in training (optimistic for them). kNN: mean cosine similarity to the 5 nearest of "
              f"{BANK_PER_CLASS} training features per class. ECE: 15 equal-width bins, butterflies50 test (250 images: "
              f"one image is 0.4 points).\n"]
@@ -462,15 +468,15 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
     for r in results:
         for name, s in r["species_out"].items():
             measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test") for look in ("first", "second")]
-            mark = " (default)" if name == r["default_score"] else ""
+            mark = " (served)" if name == SERVED_SCORE else ""
             lines.append(f"| {r['model']} | {name}{mark} | {s['auroc']:.3f} / {percent(s['fpr95'])} | "
                          + " | ".join(f"{m['auroc']:.3f} / {percent(m['fpr95'])}" for m in measured) + " |")
-    lines += ["", "### At the default score's threshold (chosen on held-out species), without / with the second look\n",
+    lines += ["", "### At the app's threshold (chosen on held-out species), without / with the second look\n",
               "| model | score >= threshold | known field photos answered | answers right | unknown field photos \"not sure\" |",
               "| --- | --- | --- | --- | --- |"]
     for r in results:
         first, second = r["first"], r["second"]
-        lines.append(f"| {r['model']} | {r['default_score']} >= {r['threshold']:.4g} | {percent(first['answered_known'])} / "
+        lines.append(f"| {r['model']} | {SERVED_SCORE} >= {r['threshold']:.4g} | {percent(first['answered_known'])} / "
                      f"{percent(second['answered_known'])} | {percent(first['answered_right'])} / "
                      f"{percent(second['answered_right'])} | "
                      f"{percent(first['unknown_not_sure'])} / {percent(second['unknown_not_sure'])} |")

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from shapes import CLASSES, draw
 
-from runtime import imaging
+from runtime import imaging, second_look
 
 PHOTOS = 3  # per folder
 
@@ -61,12 +61,35 @@ def make_field_set(root: Path, unknown: bool = True, seed: int = 11) -> tuple[Pa
 
 def predict(folder: Path, paths: list[Path]) -> np.ndarray:
     """A trained backbone folder's saved model run by hand on `paths` (called, not `predict`, whose
-    tracing costs seconds a model): its probabilities."""
+    tracing costs seconds a model): its probabilities of the whole images, as the evaluate step tests."""
     import keras
 
     model = keras.models.load_model(folder / "model.keras", compile=False)
     pixels = np.stack([imaging.load_pixels(path, tuple(model.input.shape[1:3])) for path in paths]).astype("float32")
     return model(pixels, training=False).numpy()
+
+
+def app_answers(folder: Path, paths: list[Path]) -> np.ndarray:
+    """A trained backbone folder's saved model run by hand on `paths` as the app answers a photo:
+    the photo decoded for a crop,
+    looked at whole and at the crop around its evidence (`runtime.second_look`), the passes'
+    logits averaged; the probabilities of those logits."""
+    import keras
+
+    from training.model import with_class_maps
+
+    served = with_class_maps(keras.models.load_model(folder / "model.keras", compile=False))
+    size = tuple(served.input.shape[1:3])
+
+    def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: value[0].numpy() for name, value in served(pixels[None].astype("float32"), training=False).items()}
+
+    answers = []
+    for path in paths:
+        look = second_look.look(second_look.decode(path, size), outputs, size)
+        logits = np.mean([passed["class_maps"].mean(axis=(0, 1)) for passed in look.passes], axis=0)
+        answers.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+    return np.array(answers)
 
 
 def field_photos(images: Path, mapping_file: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:

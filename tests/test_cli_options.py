@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from field_sets import field_photos, make_field_set, predict
+from field_sets import app_answers, field_photos, make_field_set, predict
 from sessions import once_per_session
 from shapes import make_dataset
 
@@ -95,7 +95,8 @@ def plain_run(out: Outcome) -> None:
 
 def field_and_ensemble(run: Path, images: Path, mapping: Path) -> None:
     """--field-data, --field-map: field top-1 per backbone, and the ensemble row (last, unranked, never
-    best) of both, as their saved models run by hand give them."""
+    best) of both, as their saved models run by hand give them (test images whole, field photos as
+    the app answers them)."""
     *rows, combined = json.loads((run / "comparison.json").read_text())
     assert [row["rank"] for row in rows] == [1, 2] and [row["best"] for row in rows] == [True, False]
     assert combined["backbone"] == "ensemble of mobilenet_0.25 + mobilenetv2_0.35"
@@ -108,9 +109,8 @@ def field_and_ensemble(run: Path, images: Path, mapping: Path) -> None:
     known = labels >= 0
     test_probabilities, field_probabilities = [], []
     for row in rows:
-        probabilities = predict(run / row["backbone"], tests + photos)
-        test_probabilities.append(probabilities[:len(tests)])
-        field_probabilities.append(probabilities[len(tests):])
+        test_probabilities.append(predict(run / row["backbone"], tests))
+        field_probabilities.append(app_answers(run / row["backbone"], photos))
         assert row["field_top1"] == pytest.approx(np.mean(field_probabilities[-1][known].argmax(1) == labels[known]))
         assert 0 <= row["field_unknown_auroc"] <= 1
     test_labels = np.array([classes.index(name) for name in split["labels"]["test"]])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from field_sets import field_photos, make_field_set, predict
+from field_sets import app_answers, field_photos, make_field_set
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -51,9 +51,9 @@ def rerun(run: Path, field_data: Path | None, field_map: Path | None) -> tuple[l
 
 
 def predict_field(folder: Path, images: Path, mapping: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The saved model's probabilities of the field photos, by hand, and their labels."""
+    """The saved model's answers to the field photos as the app gives them, by hand, and their labels."""
     paths, labels = field_photos(images, mapping, json.loads((folder / "labels.json").read_text()))
-    return predict(folder, paths), labels
+    return app_answers(folder, paths), labels
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -72,10 +72,15 @@ def test_a_field_set_added_to_a_finished_run_is_measured_without_retraining(fini
     probabilities, labels = predict_field(finished / "vgg16", images, mapping)
     known = labels >= 0
     assert row["field_top1"] == pytest.approx(np.mean(probabilities[known].argmax(1) == labels[known]))
-    temperature = json.loads((finished / "vgg16" / "trust.json").read_text())["temperature"]
-    scores = unknown.max_softmax(np.log(probabilities.astype(np.float64)), temperature)  # the served score
+    settings = json.loads((finished / "vgg16" / "trust.json").read_text())
+    scores = unknown.max_softmax(np.log(probabilities.astype(np.float64)), settings["temperature"])  # the served score
     assert row["field_unknown_auroc"] == pytest.approx(roc_auc_score(known, scores), abs=1e-9)
     assert 0 <= row["field_unknown_auroc"] <= 1 and 0 <= row["field_unknown_fpr95"] <= 1
+    answered = scores >= settings["threshold"]  # the card's "not sure" threshold
+    assert row["field_answered"] == pytest.approx(np.mean(answered[known]))
+    assert row["field_not_sure"] == pytest.approx(np.mean(~answered[~known]))
+    right = probabilities.argmax(1) == labels
+    assert row["field_right"] == (pytest.approx(np.mean(right[known & answered])) if answered[known].any() else None)
 
     # Everything else is the run's own result; the table says what the field columns measured.
     [trained] = json.loads((trained_run / "comparison.json").read_text())
@@ -92,7 +97,28 @@ def test_without_unknown_species_the_unknown_field_columns_stay_empty(finished, 
     [row], _ = rerun(finished, images, mapping)
     probabilities, labels = predict_field(finished / "vgg16", images, mapping)
     assert row["field_top1"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
-    assert row["field_unknown_auroc"] is None and row["field_unknown_fpr95"] is None
+    assert row["field_unknown_auroc"] is None and row["field_unknown_fpr95"] is None and row["field_not_sure"] is None
+    assert row["field_answered"] is not None  # known photos are answered or not all the same
+
+
+def test_at_the_threshold_the_field_columns_say_what_a_visitor_would_see(tmp_path):
+    """Known photos answered and right, unknown ones "not sure", at the card's threshold; without
+    a threshold (a run older than its trust step) those columns stay empty."""
+    images, mapping = make_field_set(tmp_path / "field")
+    field_set = field.read(images, mapping, ["red circle", "green square", "blue triangle"])
+    labels = field_set.labels  # three photos of each known class, then three unknown ones
+    assert list(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2, -1, -1, -1]
+    answers = np.array([0, 0, 1, 1, 1, 1, 2, 0, 2, 0, 1, 2])  # wrong: the third and the eighth
+    probabilities = np.eye(3)[answers] * 0.8 + 0.2 / 3
+    scores = np.array([0.9, 0.9, 0.9, 0.2, 0.9, 0.9, 0.9, 0.1, 0.5, 0.1, 0.95, 0.2])
+    columns = field.measure(field_set, probabilities, scores, threshold=0.8)
+    assert columns["field_top1"] == pytest.approx(7 / 9)
+    assert columns["field_answered"] == pytest.approx(6 / 9)  # all but the fourth, eighth and ninth
+    assert columns["field_right"] == pytest.approx(5 / 6)  # the third was answered, and wrong
+    assert columns["field_not_sure"] == pytest.approx(2 / 3)  # the second unknown photo passed
+    without = field.measure(field_set, probabilities, scores)
+    assert without["field_answered"] is None and without["field_right"] is None and without["field_not_sure"] is None
+    assert without["field_unknown_auroc"] == columns["field_unknown_auroc"]
 
 
 def test_reading_a_field_set(tmp_path):
@@ -160,6 +186,8 @@ def test_the_ensemble_row_averages_its_members():
     assert row["unknown_auroc"] == 1.0 and row["unknown_fpr95"] == 0.0
     assert row["field_top1"] == 0.5  # averaged: photo 0 right ("a"), photo 1 wrong ("a" beats "c")
     assert 0 <= row["field_unknown_auroc"] <= 1 and row["ece_scaled"] is not None
+    # Its "not sure" threshold comes from the fold (both known images answered), never from the field set.
+    assert row["field_answered"] in (0.0, 0.5, 1.0) and row["field_not_sure"] in (0.0, 1.0) and "threshold" not in row
 
 
 def test_no_ensemble_without_the_members_predictions(tmp_path, capsys):

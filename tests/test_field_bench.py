@@ -95,9 +95,9 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert result["in_mask"] >= 0.8  # the colour map peaks on the square
     assert result["cropped"] > 0.5  # the squares are small: the second look crops
     assert set(result["species_out"]) == {*unknown.SCORES, "max_softmax+knn"}
-    assert result["default_score"] in result["species_out"]
+    assert 0 < result["threshold"] < 1  # calibrated max-softmax, set on the folds (no card: a frozen pilot)
     section = field.report([], [result], "bench/field.py")
-    assert "| colours |" in section and "(default)" in section
+    assert "| colours |" in section and "max_softmax (served)" in section
     # A second evaluation reads the stored result instead of measuring again.
     head = unknown.fit_linear_head(train, splits["train"].labels)
     assert field.evaluate(model, head, splits, photos, "again")["model"] == "again"

@@ -12,8 +12,10 @@ cost. The row is computed from what every member kept, without running a model a
 - held-out species: in each leave-species-out fold, the fold heads' probabilities averaged over
   members (the folds hold out the same species for every backbone of a run: they share the seed),
   calibrated on the fold's known images and scored by calibrated max-softmax, as the trust step
-  scores one backbone: AUROC and FPR@95TPR, averaged over the folds;
-- field set: the members' field probabilities averaged, scored with the ensemble's temperature;
+  scores one backbone: AUROC and FPR@95TPR, averaged over the folds, and a "not sure" threshold,
+  the median over folds of the one answering 95% of the fold's known images;
+- field set: the members' answers to the field photos averaged (each member with its own second
+  look, as the app answers), scored with the ensemble's temperature and threshold;
 - cost: parameters, size, training times and latency are the members' sums: on a CPU the members
   run one after the other. Members trained at different image sizes each see their own size.
 
@@ -31,6 +33,7 @@ import numpy as np
 from training import calibration, field, trust, unknown
 from training.evaluate import TEST_PREDICTIONS, metrics
 from training.folder import ImageFolder
+from training.report import FIELD_COLUMNS
 
 SUMMED = ("params_total", "params_trainable", "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms")
 
@@ -74,12 +77,13 @@ def ensemble_row(members: list[Member], dataset: ImageFolder, field_set: field.F
     temperature = calibration.fit_temperature(trust.log_probabilities(valid), valid_labels)
     scores = metrics(test_labels, test, dataset.classes)
     rows = [member.row for member in members]
+    species_out = held_out_species(members)
     return {
         "backbone": "ensemble of " + " + ".join(row["backbone"] for row in rows), "ensemble": True,
         "top1": scores["top1"], "top5": scores["top5"], "macro_f1": scores["macro_f1"],
         **trust.calibration_on_test(test, test_labels, temperature),
-        **held_out_species(members),
-        **field_columns(members, field_set, temperature),
+        **{key: value for key, value in species_out.items() if key != "threshold"},
+        **field_columns(members, field_set, temperature, species_out["threshold"]),
         **{key: sum(row[key] for row in rows) for key in SUMMED},
         "stand_in_weights": any(row["stand_in_weights"] for row in rows),
     }
@@ -87,7 +91,9 @@ def ensemble_row(members: list[Member], dataset: ImageFolder, field_set: field.F
 
 def held_out_species(members: list[Member]) -> dict[str, float | None]:
     """AUROC and FPR@95TPR of the ensemble's served score on held-out species, averaged over the
-    folds as `unknown.summarise` does for one backbone; None below three classes (no folds)."""
+    folds, and its "not sure" threshold, the median over folds of the one answering 95% of the
+    fold's known images, as `unknown.summarise` does for one backbone; None below three classes
+    (no folds)."""
     measured = []
     for fold in zip(*(member.predictions.folds for member in members)):  # one `FoldLogits` per member
         probabilities = np.mean([calibration.scaled_probabilities(member.logits) for member in fold], axis=0)
@@ -95,16 +101,19 @@ def held_out_species(members: list[Member]) -> dict[str, float | None]:
         known = len(labels)
         temperature = calibration.fit_temperature(trust.log_probabilities(probabilities[:known]), labels)
         scores = trust.served_score(probabilities, temperature)
-        measured.append((unknown.auroc(scores[:known], scores[known:]), unknown.fpr_at_tpr(scores[:known], scores[known:])))
+        measured.append((unknown.auroc(scores[:known], scores[known:]), unknown.fpr_at_tpr(scores[:known], scores[known:]),
+                         unknown.threshold_at_tpr(scores[:known])))
     if not measured:
-        return {"unknown_auroc": None, "unknown_fpr95": None}
-    auroc, fpr95 = np.mean(measured, axis=0)
-    return {"unknown_auroc": float(auroc), "unknown_fpr95": float(fpr95)}
+        return {"unknown_auroc": None, "unknown_fpr95": None, "threshold": None}
+    auroc, fpr95, _ = np.mean(measured, axis=0)
+    return {"unknown_auroc": float(auroc), "unknown_fpr95": float(fpr95),
+            "threshold": float(np.median([threshold for *_, threshold in measured]))}
 
 
-def field_columns(members: list[Member], field_set: field.FieldSet | None, temperature: float) -> dict[str, float | None]:
-    """The field columns of the members' averaged field probabilities (None without a field set)."""
+def field_columns(members: list[Member], field_set: field.FieldSet | None, temperature: float,
+                  threshold: float | None) -> dict[str, float | None]:
+    """The field columns of the members' averaged field answers (None without a field set)."""
     if field_set is None:
-        return {"field_top1": None, "field_unknown_auroc": None, "field_unknown_fpr95": None}
+        return dict.fromkeys(FIELD_COLUMNS)
     probabilities = np.mean([member.field_probabilities for member in members], axis=0)
-    return field.measure(field_set, probabilities, trust.served_score(probabilities, temperature))
+    return field.measure(field_set, probabilities, trust.served_score(probabilities, temperature), threshold)

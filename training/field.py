@@ -13,11 +13,17 @@ file when the config loads (`check_settings`), and the class names once the data
 (`read`), since only the scan knows the classes. Every problem is a `ConfigError` naming the
 setting, the file and what is wrong.
 
-What `compare` measures on it (`measure`): top-1 on the known species' photos, and how the served
-unknown score tells the unknown species' photos from the known ones (AUROC, FPR@95TPR). The
-field set never chooses anything: thresholds and temperatures come from the training data alone.
+What `compare` measures on it is what the app would answer (`answers`): each photo classified
+whole and again at the crop around its evidence (`runtime.second_look`, the app's and `predict`'s
+one implementation), logits averaged. From those answers (`measure`): top-1 on the known species'
+photos; how the served unknown score tells the unknown species' photos from the known ones
+(AUROC, FPR@95TPR); and at the model card's "not sure" threshold, the share of known photos
+answered, the share of those answers that are right, and the share of unknown photos answered
+"not sure". The field set never chooses anything: thresholds and temperatures come from the
+training data alone.
 
-TensorFlow-free: bench/field.py reads leeds-field through `read` too.
+TensorFlow-free (the model comes in as a callable): bench/field.py reads leeds-field through
+`read` too.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import answer, second_look
 from training.config import ConfigError
 from training.folder import Sample, check_file, list_images
 
@@ -141,16 +148,37 @@ def read(field_data: str | Path, field_map: str | Path, classes: list[str]) -> F
     return FieldSet(Path(field_data), mapping, photos, skipped)
 
 
-def measure(field_set: FieldSet, probabilities: np.ndarray, scores: np.ndarray | None) -> dict[str, float | None]:
-    """Field top-1 on the known species' photos and, when the set has unknown species and `scores`
-    (the served unknown score of every photo, higher meaning known) are given, how well they are
-    told apart: AUROC and the share of unknown photos answered when 95% of known ones are."""
+def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple[int, int]) -> np.ndarray:
+    """The (photos, classes) probabilities the app would give the field photos: each decoded as the
+    app decodes an upload, looked at twice (`second_look.look`), the passes' logits averaged
+    (`answer.logits`). Untempered: the temperature is the scorer's to apply."""
+    probabilities = []
+    for photo in field_set.photos:
+        look = second_look.look(second_look.decode(photo.path, input_size, str(photo.path)), predict, input_size)
+        probabilities.append(answer.softmax(answer.logits(*look.passes)))
+    return np.array(probabilities, dtype=np.float32)
+
+
+def measure(field_set: FieldSet, probabilities: np.ndarray, scores: np.ndarray | None,
+            threshold: float | None = None) -> dict[str, float | None]:
+    """Field top-1 on the known species' photos; given `scores` (the served unknown score of every
+    photo, higher meaning known), how well the unknown species' photos are told apart from the
+    known ones (AUROC, the share of them answered when 95% of known ones are); given the card's
+    `threshold` too, what a visitor would see: the share of known photos answered, of those answers
+    right, and of unknown photos answered "not sure". None where the set or the run cannot say."""
     from training import unknown  # scikit-learn: only to measure, not to check options
 
     labels = field_set.labels
     known = labels != UNKNOWN
-    top1 = float(np.mean(probabilities[known].argmax(axis=1) == labels[known]))
+    answered_known = None if scores is None or threshold is None else scores[known] >= threshold
+    right = probabilities[known].argmax(axis=1) == labels[known]
+    columns = {"field_top1": float(np.mean(right)),
+               "field_answered": None if answered_known is None else float(np.mean(answered_known)),
+               "field_right": None if answered_known is None or not answered_known.any()
+               else float(np.mean(right[answered_known])),
+               "field_unknown_auroc": None, "field_unknown_fpr95": None, "field_not_sure": None}
     if scores is None or known.all():
-        return {"field_top1": top1, "field_unknown_auroc": None, "field_unknown_fpr95": None}
-    return {"field_top1": top1, "field_unknown_auroc": unknown.auroc(scores[known], scores[~known]),
-            "field_unknown_fpr95": unknown.fpr_at_tpr(scores[known], scores[~known])}
+        return columns
+    return {**columns, "field_unknown_auroc": unknown.auroc(scores[known], scores[~known]),
+            "field_unknown_fpr95": unknown.fpr_at_tpr(scores[known], scores[~known]),
+            "field_not_sure": None if threshold is None else float(np.mean(scores[~known] < threshold))}

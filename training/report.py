@@ -21,15 +21,16 @@ from training.field import FieldSet
 from training.folder import SPLITS, ImageFolder
 from training.standin import LABEL as STAND_IN_LABEL
 
+# A field set's columns (`training.field.measure`), empty without one.
+FIELD_COLUMNS = ["field_top1", "field_unknown_auroc", "field_unknown_fpr95", "field_answered", "field_right",
+                 "field_not_sure"]
 COLUMNS = ["rank", "backbone", "top1", "top5", "macro_f1", "ece", "ece_scaled", "unknown_auroc", "unknown_fpr95",
-           "field_top1", "field_unknown_auroc", "field_unknown_fpr95",
-           "params_total", "params_trainable", "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms",
+           *FIELD_COLUMNS, "params_total", "params_trainable", "size_mb", "phase1_s", "phase2_s", "train_s", "latency_ms",
            "stand_in_weights", "ensemble", "best"]
 # Columns a summary may lack: measured since a later version (calibration, unknowns), or only
 # with a field set; and only the ensemble's row is one.
 OPTIONAL_COLUMNS = {"ece": None, "ece_scaled": None, "unknown_auroc": None, "unknown_fpr95": None,
-                    "field_top1": None, "field_unknown_auroc": None, "field_unknown_fpr95": None,
-                    "stand_in_weights": False, "ensemble": False}
+                    **dict.fromkeys(FIELD_COLUMNS), "stand_in_weights": False, "ensemble": False}
 
 
 def table_row(row: dict, rank: int | None, best: bool) -> dict:
@@ -60,14 +61,15 @@ def comparison_markdown(rows: list[dict], field_set: FieldSet | None = None) -> 
     """The table as Markdown; the notes under it say what the calibration, unknown, field and
     ensemble columns mean."""
     header = ("| # | backbone | test top-1 | top-5 | macro-F1 | ECE (scaled) | unknown AUROC | unknown FPR@95 "
-              "| field top-1 | field unknown AUROC | field FPR@95 "
+              "| field top-1 | field unknown AUROC | field FPR@95 | field answered / right / unknown \"not sure\" "
               "| params (total / trainable) | size MB | phase 1 s | phase 2 s | CPU ms/image |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [
         f"| {'ensemble' if r['ensemble'] else r['rank']} | {r['backbone']}{' **(best)**' if r['best'] else ''} "
         f"| {r['top1']:.1%} | {r['top5']:.1%} | {r['macro_f1']:.3f} | {percent(r['ece'])} ({percent(r['ece_scaled'])}) "
         f"| {number(r['unknown_auroc'])} | {percent(r['unknown_fpr95'])} | {percent(r['field_top1'])} "
         f"| {number(r['field_unknown_auroc'])} | {percent(r['field_unknown_fpr95'])} "
+        f"| {percent(r['field_answered'])} / {percent(r['field_right'])} / {percent(r['field_not_sure'])} "
         f"| {r['params_total']:,} / {r['params_trainable']:,} | {r['size_mb']:.1f} "
         f"| {r['phase1_s']:.0f} | {r['phase2_s']:.0f} | {r['latency_ms']:.1f} |"
         for r in rows
@@ -90,9 +92,11 @@ def field_note(field_set: FieldSet | None) -> str:
     """What the field columns measured, or how to fill them."""
     if field_set is None:
         return "Field columns: – without a field set (--field-data DIR --field-map FILE)."
-    return (f"Field: {field_set.summary()}, never trained on; top-1 on the known species' "
-            "photos (whole photo), unknown: its unknown species' photos told apart from the known ones by the "
-            "calibrated top probability.")
+    return (f"Field: {field_set.summary()}, never trained on, each answered as the app answers it (the "
+            "whole photo and a second look at the crop around its evidence); top-1 on the known species' photos; "
+            "unknown: its unknown species' photos told apart from the known ones by the calibrated top probability; "
+            "at the \"not sure\" threshold (chosen on held-out species): the share of known photos answered, of "
+            "those answers right, and of unknown photos answered \"not sure\".")
 
 
 def percent(value: float | None) -> str:

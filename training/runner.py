@@ -11,7 +11,8 @@
         <backbone>/metrics.json       test metrics, sizes, times
         <backbone>/trust.json         temperature and "not sure" threshold (`training.trust`)
         <backbone>/trust.npz, test.npz   what the trust and evaluate steps predicted (for the ensemble)
-        <backbone>/field-<fingerprint>.npz   its probabilities of a field set's photos (`training.field`)
+        <backbone>/field-answers-<fingerprint>.npz   its answers to a field set's photos, as the app
+                                      gives them (`training.field`)
         <backbone>/confusion_matrix.{csv,png}, training_curves.png
         comparison.{md,csv,json,png}, dataset.png   (`training.report`; the ensemble row: `training.ensemble`)
 
@@ -56,7 +57,7 @@ from training.features import Features, bottom_file, extract, training_features,
 from training.finetune import fine_tune, restore_best
 from training.folder import SPLITS, ImageFolder
 from training.head import train_head
-from training.model import bottom, build_classifier, head
+from training.model import bottom, build_classifier, head, with_class_maps
 from training.plan import BackboneSettings, Plan, make_plan
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
@@ -285,22 +286,31 @@ class BackboneRun:
     # After the steps: a field set, measured on the saved model (a finished run included).
 
     def field_probabilities(self, field_set: field.FieldSet) -> np.ndarray:
-        """The trained classifier's probabilities of every field photo, whole, as the evaluate step
-        tests; kept in field-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
-        path = self.folder / f"field-{field_set.fingerprint()}.npz"
+        """The trained classifier's answers to every field photo, as the app would give them (whole
+        photo and second look, `field.answers`); kept in field-answers-<fingerprint>.npz, so that a
+        rerun, or another table, reads them there."""
+        path = self.folder / f"field-answers-{field_set.fingerprint()}.npz"
         if not path.is_file():
-            photos = image_dataset(field_set.photos, self.variant.size, batch_size=32)
-            write_arrays(path, probabilities=self.classifier.predict(photos, verbose=0))
+            served = with_class_maps(self.classifier)
+
+            def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
+                outputs = served.predict_on_batch(pixels[None].astype("float32"))
+                return {name: value[0] for name, value in outputs.items()}
+
+            write_arrays(path, probabilities=field.answers(field_set, predict, (self.variant.size, self.variant.size)))
         with np.load(path) as saved:
             return saved["probabilities"]
 
     def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray) -> dict[str, float | None]:
-        """This backbone's field columns; the unknown ones score with its temperature (trust.json,
-        which a backbone trained by an older version lacks: then they stay empty)."""
+        """This backbone's field columns; the unknown and answer ones score with its temperature and
+        threshold (trust.json, which a backbone trained by an older version lacks: then they stay empty)."""
         measured = self.folder / "trust.json"
-        scores = trust.served_score(probabilities, read_json(measured)["temperature"]) if measured.is_file() else None
-        columns = field.measure(field_set, probabilities, scores)
-        print(f"  field set: top-1 {columns['field_top1']:.3f}" + (
+        settings = read_json(measured) if measured.is_file() else None
+        scores = None if settings is None else trust.served_score(probabilities, settings["temperature"])
+        columns = field.measure(field_set, probabilities, scores, settings and settings["threshold"])
+        print(f"  field set, as the app answers: top-1 {columns['field_top1']:.3f}" + (
             "" if columns["field_unknown_auroc"] is None else
-            f", unknown species AUROC {columns['field_unknown_auroc']:.3f}, FPR@95TPR {columns['field_unknown_fpr95']:.1%}"))
+            f", unknown species AUROC {columns['field_unknown_auroc']:.3f}, FPR@95TPR {columns['field_unknown_fpr95']:.1%}")
+            + ("" if columns["field_answered"] is None else
+               f"; at the threshold {columns['field_answered']:.1%} of known photos answered"))
         return columns

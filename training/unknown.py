@@ -17,7 +17,7 @@ more like the training classes*; a threshold on it turns an answer into "not sur
 
 `Scorer` fits all of them for one linear head; `held_out_species` runs the leave-species-out
 folds with a head refitted on the kept classes (`fit_linear_head`), `summarise` measures each
-score over the folds and sets its threshold, and `default_score` picks the best.
+score over the folds and sets its threshold. Which one is served, and why: `training.trust`.
 
 Thresholds come from held-out *species*: `leave_species_out` trains a head without k of the
 classes and scores those classes' images as unknown, which needs no extra data. They are never
@@ -44,12 +44,6 @@ TARGET_TPR = 0.95
 SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
 COMBINED = ("max_softmax", "knn")  # the rank combination tried beside the single scores, as "max_softmax+knn"
 BANK_PER_CLASS = 20  # the feature bank an app would ship: 20 training images per class
-# Scores whose scale does not depend on the head: a threshold set on the folds' refitted heads
-# holds for the model's own head. max_logit and energy are in logit units, which differ between a
-# logistic regression and a head fine-tuned with label smoothing (measured: their fold thresholds
-# answered no field photo at all with the fine-tuned heads); the feature distances are measured,
-# but only within the combination, whose ranks are scale-free.
-TRANSFERABLE = ("max_softmax", "max_softmax+knn")
 
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -289,10 +283,3 @@ def summarise(folds: list[Fold], tpr: float = TARGET_TPR) -> dict[str, dict[str,
                    "fpr95": float(np.mean([fpr_at_tpr(f.known[name], f.unknown[name], tpr) for f in folds])),
                    "threshold": float(np.median([threshold_at_tpr(f.known[name], tpr) for f in folds]))}
             for name in folds[0].known}
-
-
-def default_score(summary: dict[str, dict[str, float]]) -> str:
-    """The score with the lowest held-out FPR at the target TPR (then the highest AUROC), among
-    those whose threshold carries over from the folds' refitted heads to the model's own head
-    (`TRANSFERABLE`)."""
-    return min(TRANSFERABLE, key=lambda name: (summary[name]["fpr95"], -summary[name]["auroc"]))
