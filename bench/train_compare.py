@@ -266,9 +266,8 @@ def comparison_section(config: Path, field: Path | None) -> str:
         + (f" with the {field.name} field set" if field else "") + " (default recipe)",
         "",
         f"The table `compare` wrote for `make bench`'s cold run (`field_share` {run['config']['field_share']:g})"
-        + (", then measured on the field set without retraining (`--field-data`): field top-1 on the photos of known "
-           "species (whole photo, first look); field unknown AUROC / FPR@95: its photos of species the dataset "
-           "lacks against those." if field else "."),
+        + (", then measured on the field set without retraining (`--field-data`), each photo answered as the app "
+           "answers it (the notes under the table say what each field column means)." if field else "."),
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase times and CPU ms/image depend on "
         "the machine's load; accuracy columns do not). Reproduce:",
         "",
