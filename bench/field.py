@@ -1,6 +1,7 @@
 """Field photos and unknown species: how a butterflies50 model does where visitors' photos are.
 
-Run from the repository root: `nice -n 5 .venv/bin/python bench/field.py` (about an hour on 2
+Run from the repository root: `nice -n 5 .venv/bin/python bench/field.py` (`make bench` runs it
+after bench/train_compare.py, whose cold run's models it measures by default; up to an hour on 2
 busy cores the first time; features are cached under bench/results/field, git-ignored, so a
 rerun takes minutes). It records its section of docs/BENCHMARKS.md (`--no-record` to skip).
 
@@ -55,7 +56,7 @@ from training.folder import scan  # noqa: E402
 CONFIG = Path("configs/butterflies50.toml")
 FIELD = Path("../shared/datasets/leeds-field")
 WORK = Path("bench/results/field")
-TRAINED = Path("bench/results/card_cost/runs/full")  # a full `make run`-like run, when there is one
+TRAINED = Path("bench/results/cold")  # the default recipe's run that `make bench` trains (bench/train_compare.py)
 FROZEN = "mobilenetv2:0.5"  # the pilot of FACTS: frozen ImageNet features + a linear head
 RECIPES = ["affine", "zoom_out", "crop", "colour", "field"]  # one augmented view each in the study
 VIEW_PER_CLASS = 30  # the study's views are of this many training images per class (its CPU budget)...
