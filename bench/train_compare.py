@@ -45,7 +45,11 @@ OUT = ROOT / "bench" / "results"
 BASELINE_EPOCHS = 5
 FIELD = Path("../shared/datasets/leeds-field")  # images/ of class folders and mapping.json; measured, never trained on
 RUNS = {"cold": [], "warm": [], "warm-phase1": ["--no-fine-tune"], "no-smoothing": ["--label-smoothing", "0"],
-        "no-field": ["--field-share", "0"]}  # each run's options beside the config's
+        "no-field": ["--field-share", "0"]}  # each run's options beside the config's; and "shallow" (`run_options`)
+# The fine-tuning depth before it went deeper (training/backbones.py): the "shallow" run fine-tunes
+# the config's backbones of these families from here, so that the section shows what the deeper
+# default buys and costs, same cached bottom features where the layers allow, same seed.
+SHALLOWER = {"mobilenetv2": "block_14_add"}
 
 
 def run_job(args: list[str]) -> tuple[float, float]:
@@ -122,15 +126,72 @@ def against(full: list[dict], run: str, column: str = "top1") -> list[dict]:
              "gain": None if r[column] is None else 100 * (r[column] - other[r["backbone"]])} for r in full]
 
 
-def field_jobs(config: Path, cache: Path, field: Path | None) -> list[list[str]]:
-    """The jobs that measure the field set on the finished cold and no-field runs: each with its
+def shallower(config: Path) -> list[str]:
+    """The "shallow" run's options: `SHALLOWER`'s layer for each of the config's backbones of those
+    families (none: the run is left out)."""
+    from training.backbones import parse_variant
+    from training.config import load_config
+
+    specs = [spec for spec in load_config(ROOT / config, {}).backbones if parse_variant(spec).backbone.name in SHALLOWER]
+    return [f"--backbones={','.join(specs)}",
+            *(f"--frozen-until={spec}={SHALLOWER[parse_variant(spec).backbone.name]}" for spec in specs)] if specs else []
+
+
+def run_options(config: Path) -> dict[str, list[str]]:
+    """Each training run's options beside the config's: `RUNS`, and the shallow run where it applies."""
+    shallow = shallower(config)
+    return {**RUNS, "shallow": shallow} if shallow else dict(RUNS)
+
+
+FIELD_RUNS = ("cold", "no-field", "shallow")  # the runs the field set is measured on, when there is one
+
+
+def field_jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:
+    """The jobs that measure the field set on the finished runs of `FIELD_RUNS`: each with its
     run's own options, or compare would refuse a run trained with other settings."""
-    return [compare(config, run, cache, *RUNS[run], *field_options(field)) for run in ("cold", "no-field")] if field else []
+    options = run_options(config)
+    return {f"field-{run}": compare(config, run, cache, *options[run], *field_options(field))
+            for run in FIELD_RUNS if run in options} if field else {}
 
 
 def field_options(field: Path | None) -> list[str]:
     """`compare`'s options that measure the field set at `field` (none when there is none)."""
     return ["--field-data", str(field / "images"), "--field-map", str(field / "mapping.json")] if field else []
+
+
+DEPTH_COLUMNS = [("test top-1", "top1", "{:.1%}"), ("held-out species AUROC", "unknown_auroc", "{:.3f}"),
+                 ("held-out species FPR@95", "unknown_fpr95", "{:.1%}"), ("field top-1", "field_top1", "{:.1%}"),
+                 ("field unknown AUROC", "field_unknown_auroc", "{:.3f}"), ("field answered", "field_answered", "{:.1%}"),
+                 ("field answers right", "field_right", "{:.1%}"), ("field unknown \"not sure\"", "field_not_sure", "{:.1%}"),
+                 ("phase 2 s", "phase2_s", "{:.0f}")]
+
+
+def depth_section(config: Path) -> str:
+    """The fine-tuning depth ablation: each backbone of the shallow run, as the cold run (the
+    registry's layer, deeper) and the shallow run (`SHALLOWER`) trained it, same seed."""
+    shallow = {row["backbone"]: row for row in results("shallow")}
+    both = lambda fmt, a, b: " / ".join("–" if v is None else fmt.format(v) for v in (a, b))  # noqa: E731
+    rows = [{"backbone": r["backbone"], **{key: both(fmt, r[key], shallow[r["backbone"]][key]) for _, key, fmt in DEPTH_COLUMNS}}
+            for r in results("cold") if r["backbone"] in shallow]
+    options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache"])
+    return "\n".join([
+        "## Fine-tuning depth: the default (deeper) vs the former layer (shallower)",
+        "",
+        "Phase 2 fine-tunes the blocks above the registry's `frozen_until` (training/backbones.py); shallower: from "
+        + ", ".join(f"`{layer}` ({family})" for family, layer in SHALLOWER.items()) + " instead, as before. Same "
+        "data, seed and recipe otherwise. Held-out species: leave-species-out on the training data (the trust step); "
+        "field columns as in the comparison table, each photo answered as the app answers it. Measured "
+        f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase 2 seconds depend on the machine's load). "
+        "Reproduce (bench/train_compare.py's cold and shallow runs, then the field set on each):",
+        "",
+        "```sh",
+        f".venv/bin/python -m training compare --run cold {options}",
+        f".venv/bin/python -m training compare --run shallow {' '.join(run_options(config)['shallow'])} {options}",
+        "```",
+        "",
+        table(rows, [("backbone", "{backbone}"), *((f"{title}, deeper / shallower", "{" + key + "}")
+                                                   for title, key, _ in DEPTH_COLUMNS)]),
+    ])
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -147,9 +208,8 @@ def jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:
     """The jobs by name, in the order they run: the five timed training runs (the first on an
     empty cache), the field measurements (after them: measuring the field set retrains nothing),
     then the baseline."""
-    return {**{run: compare(config, run, cache, *options) for run, options in RUNS.items()},
-            **{f"field-{run}": job for run, job in zip(("cold", "no-field"), field_jobs(config, cache, field))},
-            "baseline": [__file__, "--baseline", "--config", str(config)]}
+    return {**{run: compare(config, run, cache, *options) for run, options in run_options(config).items()},
+            **field_jobs(config, cache, field), "baseline": [__file__, "--baseline", "--config", str(config)]}
 
 
 def run_jobs(config: Path, cache: Path, field: Path | None, resume: bool) -> dict[str, dict[str, float]]:
@@ -168,7 +228,7 @@ def run_jobs(config: Path, cache: Path, field: Path | None, resume: bool) -> dic
         if name in done:
             print(f"{name}: recorded in {paths.shown(record)}, not run again", file=sys.stderr)
             continue
-        if name in RUNS:
+        if not name.startswith("field-") and name != "baseline":  # a training run: from scratch
             shutil.rmtree(OUT / name, ignore_errors=True)
         wall_s, peak_mb = run_job(job)
         done[name] = {"wall_s": wall_s, "peak_mb": peak_mb}
@@ -252,6 +312,8 @@ def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False
     print(section)
     sections.record("training", section)
     sections.record("comparison", comparison_section(config, field))
+    if (OUT / "shallow" / "comparison.json").is_file():
+        sections.record("depth", depth_section(config))
 
 
 def comparison_section(config: Path, field: Path | None) -> str:

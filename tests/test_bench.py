@@ -160,11 +160,25 @@ def test_the_field_set_is_measured_on_each_run_with_that_runs_own_options(bench,
     train_compare = bench("train_compare")
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     jobs = train_compare.field_jobs(config, cache, field)
-    for run, job in zip(("cold", "no-field"), jobs, strict=True):
-        training = train_compare.compare(config, run, cache, *train_compare.RUNS[run])
+    options = train_compare.run_options(config)
+    assert list(jobs) == ["field-cold", "field-no-field", "field-shallow"]
+    for run, job in zip(("cold", "no-field", "shallow"), jobs.values(), strict=True):
+        training = train_compare.compare(config, run, cache, *options[run])
         assert job[:len(training)] == training  # the run's own training options, then the field set's
         assert job[len(training):] == train_compare.field_options(field)
-    assert train_compare.field_jobs(config, cache, None) == []
+    assert train_compare.field_jobs(config, cache, None) == {}
+
+
+def test_the_shallow_run_fine_tunes_the_configs_mobilenetv2s_from_the_former_layer(bench, tmp_path: Path) -> None:
+    """The fine-tuning depth ablation: only for the config's backbones whose family went deeper,
+    and no run at all for a config without them."""
+    train_compare = bench("train_compare")
+    options = train_compare.run_options(Path("configs/butterflies50.toml"))
+    assert options["shallow"] == ["--backbones=mobilenetv2:0.35,mobilenetv2:0.5", "--frozen-until=mobilenetv2:0.35=block_14_add",
+                                  "--frozen-until=mobilenetv2:0.5=block_14_add"]
+    config = tmp_path / "resnet.toml"
+    config.write_text('data = "data"\nbackbones = ["resnet50", "mobilenet:0.25"]\n')
+    assert list(train_compare.run_options(config)) == list(train_compare.RUNS)
 
 
 def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path, monkeypatch) -> None:
@@ -174,7 +188,7 @@ def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path
     monkeypatch.setattr(train_compare, "OUT", tmp_path)
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     names = list(train_compare.jobs(config, cache, field))
-    assert names == [*train_compare.RUNS, "field-cold", "field-no-field", "baseline"]
+    assert names == [*train_compare.RUNS, "shallow", "field-cold", "field-no-field", "field-shallow", "baseline"]
     ran, failures = [], ["no-smoothing"]
 
     def fake_job(args: list[str]) -> tuple[float, float]:
@@ -205,3 +219,20 @@ def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path
     ran.clear()
     train_compare.run_jobs(config, cache, field, resume=False)  # without --resume: everything, on an empty cache
     assert ran == names and not (cache / "features.npz").exists()
+
+
+def test_the_depth_section_sets_each_shallow_backbone_beside_the_default(bench, tmp_path: Path, monkeypatch) -> None:
+    train_compare = bench("train_compare")
+    monkeypatch.setattr(train_compare, "OUT", tmp_path)
+    row = {key: None for _, key, _ in train_compare.DEPTH_COLUMNS} | {"ensemble": False}
+    rows = {"cold": [row | {"backbone": "mobilenetv2_0.5", "top1": 0.984, "phase2_s": 524.0, "field_answered": 0.821},
+                     row | {"backbone": "mobilenet_0.25", "top1": 0.972, "phase2_s": 97.0}],
+            "shallow": [row | {"backbone": "mobilenetv2_0.5", "top1": 0.98, "phase2_s": 297.0, "field_answered": 0.75}]}
+    for run, table in rows.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "comparison.json").write_text(json.dumps(table))
+    section = train_compare.depth_section(Path("configs/butterflies50.toml"))
+    assert "| mobilenetv2_0.5 | 98.4% / 98.0% | – / – |" in section  # no held-out species measured here
+    assert "| 82.1% / 75.0% |" in section and "| 524 / 297 |" in section
+    assert "mobilenet_0.25" not in section  # not fine-tuned shallower: nothing to set beside it
+    assert "--run shallow --backbones=mobilenetv2:0.35,mobilenetv2:0.5 --frozen-until=mobilenetv2:0.35=block_14_add" in section

@@ -62,6 +62,8 @@ ROWS = [  # (arguments, phrase the error names)
     (COMPARE + ["--weights-file", "resnet18={file}"], "weight_files 'resnet18': unknown backbone"),
     (COMPARE + ["--weights-file", "mobilenet:0.25={tmp}/missing.h5"], "weights file {tmp}/missing.h5 does not exist"),
     (COMPARE + ["--weights-file", "mobilenet"], "--weights-file 'mobilenet': expected BACKBONE=PATH"),
+    (COMPARE + ["--frozen-until", "mobilenet"], "--frozen-until 'mobilenet': expected BACKBONE=LAYER"),
+    (COMPARE + ["--frozen-until", "vgg16=block4_pool"], "frozen_until 'vgg16': vgg16 is not one of this run's backbones"),
     (COMPARE + ["--weights-dir", "{tmp}/nowhere"], "weights_dir {tmp}/nowhere: no such folder"),
     (COMPARE + ["--extract-engine", "gpu"], "argument --extract-engine: invalid choice: 'gpu'"),
     (COMPARE + ["--image-size", "big"], "argument --image-size: invalid int value: 'big'"),

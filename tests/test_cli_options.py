@@ -50,6 +50,7 @@ def transfer_run(out: Outcome) -> None:
     config = out.backbone("runs/named", "mobilenet_0.25", "config.json")  # --backbones
     assert config["weights"] == str(out.places["standins"] / "mobilenet_2_5_224_tf_no_top.h5")  # --weights-dir
     assert config["input_size"] == [32, 32]  # --image-size
+    assert config["frozen_until"] == "conv_pw_12_relu"  # --frozen-until (the registry's: conv_pw_11_relu)
     settings = config["settings"]
     assert settings["dropout"] == 0.3 and settings["head_patience"] == 5  # --config
     assert (settings["batch_size"], settings["seed"], settings["label_smoothing"]) == (8, 5, 0.2)
@@ -173,7 +174,7 @@ ROWS = [
          "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.2",
          "--head-learning-rate", "0.01", "--fine-tune-epochs", "1", "--fine-tune-learning-rate", "1e-3",
          "--augment-views", "2", "--field-share", "0.5", "--extract-engine", "keras", "--mixed-precision", "--strategy",
-         "mirrored"), transfer_run, heavy=True),
+         "mirrored", "--frozen-until", "mobilenet:0.25=conv_pw_12_relu"), transfer_run, heavy=True),
     Row(("compare", "--data", "{data}", "--backbones", "mobilenet:0.25,mobilenetv2:0.35", "--output-dir", "runs2",
          "--weights", "none", "--weights-file", "mobilenet:0.25={standins}/mobilenet_2_5_224_tf_no_top.h5",
          "--image-size", "32", "--head-epochs", "1", "--no-augment", "--no-fine-tune", "--extract-engine", "litert",

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--weights-dir", help="folder of Keras ImageNet weight files by their Keras names")
     compare.add_argument("--weights-file", action="append", metavar="BACKBONE=PATH",
                          help="weights file for one backbone (repeatable)")
+    compare.add_argument("--frozen-until", action="append", metavar="BACKBONE=LAYER",
+                         help="last layer kept frozen in fine-tuning for one backbone (repeatable; default: the registry's)")
     compare.add_argument("--image-size", type=int, help="input size for every backbone (default: each one's own)")
     compare.add_argument("--batch-size", type=int)
     compare.add_argument("--seed", type=int)
@@ -91,6 +93,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for item in getattr(args, "weights_file", None) or []:
         if "=" not in item:
             parser.error(f"--weights-file {item!r}: expected BACKBONE=PATH, e.g. resnet50=weights/resnet50.h5")
+    for item in getattr(args, "frozen_until", None) or []:
+        if "=" not in item:
+            parser.error(f"--frozen-until {item!r}: expected BACKBONE=LAYER, e.g. mobilenetv2:0.5=block_14_add")
     return args
 
 
@@ -160,11 +165,14 @@ def compare_config(args: argparse.Namespace) -> Config:
     """The config file with the options over it, checked."""
     from training.config import load_config
 
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config", "weights_file")}
+    overrides = {key: value for key, value in vars(args).items()
+                 if key not in ("command", "config", "weights_file", "frozen_until")}
     if args.backbones:
         overrides["backbones"] = [b for b in args.backbones.split(",") if b.strip()]
     if args.weights_file:
         overrides["weight_files"] = dict(item.split("=", 1) for item in args.weights_file)
+    if args.frozen_until:
+        overrides["frozen_until"] = dict(item.split("=", 1) for item in args.frozen_until)
     return load_config(args.config, overrides)
 
 
