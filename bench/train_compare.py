@@ -166,14 +166,15 @@ DEPTH_COLUMNS = [("test top-1", "top1", "{:.1%}"), ("held-out species AUROC", "u
                  ("phase 2 s", "phase2_s", "{:.0f}")]
 
 
-def depth_section(config: Path) -> str:
+def depth_section(config: Path, field: Path | None) -> str:
     """The fine-tuning depth ablation: each backbone of the shallow run, as the cold run (the
     registry's layer, deeper) and the shallow run (`SHALLOWER`) trained it, same seed."""
     shallow = {row["backbone"]: row for row in results("shallow")}
     both = lambda fmt, a, b: " / ".join("–" if v is None else fmt.format(v) for v in (a, b))  # noqa: E731
     rows = [{"backbone": r["backbone"], **{key: both(fmt, r[key], shallow[r["backbone"]][key]) for _, key, fmt in DEPTH_COLUMNS}}
             for r in results("cold") if r["backbone"] in shallow]
-    options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache"])
+    options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache",
+                        *field_options(field and Path(paths.shown(field)))])
     return "\n".join([
         "## Fine-tuning depth: the default (deeper) vs the former layer (shallower)",
         "",
@@ -182,7 +183,7 @@ def depth_section(config: Path) -> str:
         "data, seed and recipe otherwise. Held-out species: leave-species-out on the training data (the trust step); "
         "field columns as in the comparison table, each photo answered as the app answers it. Measured "
         f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase 2 seconds depend on the machine's load). "
-        "Reproduce (bench/train_compare.py's cold and shallow runs, then the field set on each):",
+        "Reproduce (bench/train_compare.py's cold and shallow runs" + (", then the field set on each" if field else "") + "):",
         "",
         "```sh",
         f".venv/bin/python -m training compare --run cold {options}",
@@ -313,7 +314,7 @@ def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False
     sections.record("training", section)
     sections.record("comparison", comparison_section(config, field))
     if (OUT / "shallow" / "comparison.json").is_file():
-        sections.record("depth", depth_section(config))
+        sections.record("depth", depth_section(config, field))
 
 
 def comparison_section(config: Path, field: Path | None) -> str:

@@ -231,8 +231,9 @@ def test_the_depth_section_sets_each_shallow_backbone_beside_the_default(bench, 
     for run, table in rows.items():
         (tmp_path / run).mkdir()
         (tmp_path / run / "comparison.json").write_text(json.dumps(table))
-    section = train_compare.depth_section(Path("configs/butterflies50.toml"))
+    section = train_compare.depth_section(Path("configs/butterflies50.toml"), Path("../shared/datasets/leeds-field"))
     assert "| mobilenetv2_0.5 | 98.4% / 98.0% | – / – |" in section  # no held-out species measured here
     assert "| 82.1% / 75.0% |" in section and "| 524 / 297 |" in section
     assert "mobilenet_0.25" not in section  # not fine-tuned shallower: nothing to set beside it
     assert "--run shallow --backbones=mobilenetv2:0.35,mobilenetv2:0.5 --frozen-until=mobilenetv2:0.35=block_14_add" in section
+    assert section.count("--field-map ../shared/datasets/leeds-field/mapping.json") == 2  # both runs measured on it
