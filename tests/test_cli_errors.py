@@ -222,3 +222,17 @@ def test_help_answers_at_once():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_misnamed_frozen_layer_leaves_no_backbone_folder_behind(places, capsys):
+    """Only the built backbone knows its layer names: the run stops with one line naming the layer
+    before it writes the backbone's config.json, which a corrected run would refuse to resume."""
+    weights = places["tmp"] / "standins"
+    assert main(["stand-in-weights", str(weights), "--backbones", "mobilenet:0.25"]) in (0, None)
+    argv = [expand(argument, places) for argument in BASE[:-2] + ["--backbones", "mobilenet:0.25", "--image-size", "32",
+                                                                  "--weights-dir", str(weights)]]  # BASE less its --weights
+    capsys.readouterr()
+    assert run_main([*argv, "--frozen-until", "mobilenet:0.25=conv_pw_99_relu"]) == 2
+    error = capsys.readouterr().err
+    assert "has no layer 'conv_pw_99_relu' to freeze up to" in error and "Traceback" not in error
+    assert not list((places["tmp"] / "runs" / "data").rglob("config.json"))  # the run is named after the data

@@ -57,7 +57,7 @@ from training.features import Features, bottom_file, extract, training_features,
 from training.finetune import fine_tune, restore_best
 from training.folder import SPLITS, ImageFolder
 from training.head import train_head
-from training.model import bottom, build_classifier, head, with_class_maps
+from training.model import bottom, build_classifier, head, split_layer, with_class_maps
 from training.plan import BackboneSettings, Plan, make_plan
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
@@ -159,6 +159,8 @@ class BackboneRun:
         if "evaluate" in self.done:
             print(f"  already trained: {self.folder}")
             return self.done["evaluate"]["summary"]
+        if self.settings.frozen_until is not None:  # a misnamed layer stops the run before it leaves a folder
+            split_layer(self.classifier.get_layer("backbone"), self.settings.frozen_until)
         write_json(self.folder / "config.json", self.settings.to_json())
         for number, step in enumerate(STEPS):
             if step in self.done:
