@@ -98,6 +98,10 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert 0 < result["threshold"] < 1  # calibrated max-softmax, set on the folds (no card: a frozen pilot)
     section = field.report([], [result], "bench/field.py")
     assert "| colours |" in section and "max_softmax (served)" in section
+    for look in ("first", "second"):  # the served score and the candidate, each at its own threshold
+        assert set(result[look]["at_threshold"]) == {"max_softmax", "max_softmax+knn"}
+        assert all(0 <= value <= 1 for measured in result[look]["at_threshold"].values() for value in measured.values())
+    assert f"max_softmax >= {result['threshold']:.4g} (served)" in section
     # A second evaluation reads the stored result instead of measuring again.
     head = unknown.fit_linear_head(train, splits["train"].labels)
     assert field.evaluate(model, head, splits, photos, "again")["model"] == "again"
