@@ -77,19 +77,19 @@ def ensemble_row(members: list[Member], dataset: ImageFolder, field_set: field.F
     temperature = calibration.fit_temperature(trust.log_probabilities(valid), valid_labels)
     scores = metrics(test_labels, test, dataset.classes)
     rows = [member.row for member in members]
-    species_out = held_out_species(members)
+    species_out, threshold = held_out_species(members)
     return {
         "backbone": "ensemble of " + " + ".join(row["backbone"] for row in rows), "ensemble": True,
         "top1": scores["top1"], "top5": scores["top5"], "macro_f1": scores["macro_f1"],
         **trust.calibration_on_test(test, test_labels, temperature),
-        **{key: value for key, value in species_out.items() if key != "threshold"},
-        **field_columns(members, field_set, temperature, species_out["threshold"]),
+        **species_out,
+        **field_columns(members, field_set, temperature, threshold),
         **{key: sum(row[key] for row in rows) for key in SUMMED},
         "stand_in_weights": any(row["stand_in_weights"] for row in rows),
     }
 
 
-def held_out_species(members: list[Member]) -> dict[str, float | None]:
+def held_out_species(members: list[Member]) -> tuple[dict[str, float | None], float | None]:
     """AUROC and FPR@95TPR of the ensemble's served score on held-out species, averaged over the
     folds, and its "not sure" threshold, the median over folds of the one answering 95% of the
     fold's known images, as `unknown.summarise` does for one backbone; None below three classes
@@ -104,10 +104,10 @@ def held_out_species(members: list[Member]) -> dict[str, float | None]:
         measured.append((unknown.auroc(scores[:known], scores[known:]), unknown.fpr_at_tpr(scores[:known], scores[known:]),
                          unknown.threshold_at_tpr(scores[:known])))
     if not measured:
-        return {"unknown_auroc": None, "unknown_fpr95": None, "threshold": None}
+        return {"unknown_auroc": None, "unknown_fpr95": None}, None
     auroc, fpr95, _ = np.mean(measured, axis=0)
-    return {"unknown_auroc": float(auroc), "unknown_fpr95": float(fpr95),
-            "threshold": float(np.median([threshold for *_, threshold in measured]))}
+    return ({"unknown_auroc": float(auroc), "unknown_fpr95": float(fpr95)},
+            float(np.median([threshold for *_, threshold in measured])))
 
 
 def field_columns(members: list[Member], field_set: field.FieldSet | None, temperature: float,
