@@ -206,8 +206,8 @@ def test_images(data: Path) -> int:
 
 
 def jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:
-    """The jobs by name, in the order they run: the five timed training runs (the first on an
-    empty cache), the field measurements (after them: measuring the field set retrains nothing),
+    """The jobs by name, in the order they run: the timed training runs (`run_options`, the first on
+    an empty cache), the field measurements (after them: measuring the field set retrains nothing),
     then the baseline."""
     return {**{run: compare(config, run, cache, *options) for run, options in run_options(config).items()},
             **field_jobs(config, cache, field), "baseline": [__file__, "--baseline", "--config", str(config)]}
@@ -229,7 +229,7 @@ def run_jobs(config: Path, cache: Path, field: Path | None, resume: bool) -> dic
         if name in done:
             print(f"{name}: recorded in {paths.shown(record)}, not run again", file=sys.stderr)
             continue
-        if not name.startswith("field-") and name != "baseline":  # a training run: from scratch
+        if name in run_options(config):  # a training run: from scratch
             shutil.rmtree(OUT / name, ignore_errors=True)
         wall_s, peak_mb = run_job(job)
         done[name] = {"wall_s": wall_s, "peak_mb": peak_mb}
