@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from runtime import imaging, second_look  # noqa: E402
 from training import calibration, unknown  # noqa: E402
 from training.config import ConfigError, load_config  # noqa: E402  (no TensorFlow until a model is built)
+from training.field import at_threshold  # noqa: E402
 from training.field import read as read_field_set  # noqa: E402
 from training.field_augment import field_view  # noqa: E402
 from training.folder import scan  # noqa: E402
@@ -68,8 +69,8 @@ SERVED_SCORE = "max_softmax"  # what the app serves (`training.trust.SERVED_SCOR
 # Measured at its own held-out threshold too: what serving it would give (the exported model would
 # need to output its pooled features, and the model folder to hold the feature bank).
 CANDIDATE = "+".join(unknown.COMBINED)
-EVALUATED_FORMAT = "3"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
-# 3: the candidate score at its threshold too
+EVALUATED_FORMAT = "4"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
+# 3: the candidate score at its threshold too; 4: those shares by `training.field.at_threshold`
 
 
 def log(message: str) -> None:
@@ -371,16 +372,6 @@ def look_scores(scorer: unknown.Scorer, full: list[dict], second: list[dict] | N
     return averaged.argmax(1), scores
 
 
-def at_threshold(answered: np.ndarray, answers: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """What visitors would see: the share of known photos answered, of those answers right, and of
-    unknown photos answered "not sure"."""
-    known = labels >= 0
-    return {"answered_known": float(np.mean(answered[known])),
-            "answered_right": float(np.mean(answers[known & answered] == labels[known & answered]))
-            if np.any(answered[known]) else 0.0,
-            "unknown_not_sure": float(np.mean(~answered[~known]))}
-
-
 def evaluate(model: Model, head: unknown.LinearHead, splits: dict[str, Split], photos: list[FieldPhoto], label: str) -> dict:
     """Everything of the module doc for one model and head (kept in bench/results/field/evaluated:
     a rerun that adds a model does not measure the others again)."""
@@ -426,7 +417,7 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
                         for name, s in scores.items()},
             "unknown_vs_test": {name: {"auroc": unknown.auroc(test_scores[name], s[~known]),
                                        "fpr95": unknown.fpr_at_tpr(test_scores[name], s[~known])} for name, s in scores.items()},
-            "at_threshold": {name: at_threshold(scores[name] >= threshold, answers, labels)
+            "at_threshold": {name: at_threshold(scores[name] >= threshold, answers == labels, known)
                              for name, threshold in thresholds.items()},
         }
     result["in_mask"] = float(np.mean(passes["in_mask"]))
@@ -442,8 +433,8 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
 # --- Report ---------------------------------------------------------------------------------------
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}%"
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def report(study_rows: list[dict], results: list[dict], command: str) -> str:
@@ -494,9 +485,9 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
         for name, threshold in ((SERVED_SCORE, r["threshold"]), (CANDIDATE, r["species_out"][CANDIDATE]["threshold"])):
             first, second = r["first"]["at_threshold"][name], r["second"]["at_threshold"][name]
             lines.append(f"| {r['model']} | {name} >= {threshold:.4g}{' (served)' if name == SERVED_SCORE else ''} | "
-                         f"{percent(first['answered_known'])} / {percent(second['answered_known'])} | "
-                         f"{percent(first['answered_right'])} / {percent(second['answered_right'])} | "
-                         f"{percent(first['unknown_not_sure'])} / {percent(second['unknown_not_sure'])} |")
+                         f"{percent(first['field_answered'])} / {percent(second['field_answered'])} | "
+                         f"{percent(first['field_right'])} / {percent(second['field_right'])} | "
+                         f"{percent(first['field_not_sure'])} / {percent(second['field_not_sure'])} |")
     lines.append(f"\nLatency: decode (draft at {second_look.DECODE_SCALE}x the input) + LiteRT feature map + numpy head, "
                  f"2 threads, on a shared 2-core machine under other load; the second column includes the crop's pass "
                  f"when one is taken. A feature bank of {BANK_PER_CLASS} per class costs "

@@ -100,7 +100,11 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert "| colours |" in section and "max_softmax (served)" in section
     for look in ("first", "second"):  # the served score and the candidate, each at its own threshold
         assert set(result[look]["at_threshold"]) == {"max_softmax", "max_softmax+knn"}
-        assert all(0 <= value <= 1 for measured in result[look]["at_threshold"].values() for value in measured.values())
+        for measured in result[look]["at_threshold"].values():
+            assert 0 <= measured["field_answered"] <= 1 and 0 <= measured["field_not_sure"] <= 1
+            # No answer to be right or wrong: no share (it read 0% right before), else a share.
+            assert (measured["field_right"] is None) == (measured["field_answered"] == 0)
+            assert measured["field_right"] is None or 0 <= measured["field_right"] <= 1
     assert f"max_softmax >= {result['threshold']:.4g} (served)" in section
     # A second evaluation reads the stored result instead of measuring again.
     head = unknown.fit_linear_head(train, splits["train"].labels)

@@ -159,26 +159,33 @@ def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple
     return np.array(probabilities, dtype=np.float32)
 
 
+def at_threshold(answered: np.ndarray, right: np.ndarray, known: np.ndarray) -> dict[str, float | None]:
+    """What visitors would see, per photo `answered` (score at or above the threshold), `right`
+    (top class is the photo's) and `known` (a species the model has): the share of known photos
+    answered, of those answers right (None when none is), and of unknown photos answered "not
+    sure" (None without unknown photos)."""
+    answered_known = answered & known
+    return {"field_answered": float(np.mean(answered[known])),
+            "field_right": float(np.mean(right[answered_known])) if answered_known.any() else None,
+            "field_not_sure": float(np.mean(~answered[~known])) if (~known).any() else None}
+
+
 def measure(field_set: FieldSet, probabilities: np.ndarray, scores: np.ndarray | None,
             threshold: float | None = None) -> dict[str, float | None]:
     """Field top-1 on the known species' photos; given `scores` (the served unknown score of every
     photo, higher meaning known), how well the unknown species' photos are told apart from the
     known ones (AUROC, the share of them answered when 95% of known ones are); given the card's
-    `threshold` too, what a visitor would see: the share of known photos answered, of those answers
-    right, and of unknown photos answered "not sure". None where the set or the run cannot say."""
+    `threshold` too, what a visitor would see (`at_threshold`). None where the set or the run
+    cannot say."""
     from training import unknown  # scikit-learn: only to measure, not to check options
 
     labels = field_set.labels
     known = labels != UNKNOWN
-    answered_known = None if scores is None or threshold is None else scores[known] >= threshold
-    right = probabilities[known].argmax(axis=1) == labels[known]
-    columns = {"field_top1": float(np.mean(right)),
-               "field_answered": None if answered_known is None else float(np.mean(answered_known)),
-               "field_right": None if answered_known is None or not answered_known.any()
-               else float(np.mean(right[answered_known])),
-               "field_unknown_auroc": None, "field_unknown_fpr95": None, "field_not_sure": None}
+    right = probabilities.argmax(axis=1) == labels
+    columns = {"field_top1": float(np.mean(right[known])), "field_unknown_auroc": None, "field_unknown_fpr95": None,
+               **(dict.fromkeys(("field_answered", "field_right", "field_not_sure")) if scores is None or threshold is None
+                  else at_threshold(scores >= threshold, right, known))}
     if scores is None or known.all():
         return columns
     return {**columns, "field_unknown_auroc": unknown.auroc(scores[known], scores[~known]),
-            "field_unknown_fpr95": unknown.fpr_at_tpr(scores[known], scores[~known]),
-            "field_not_sure": None if threshold is None else float(np.mean(scores[~known] < threshold))}
+            "field_unknown_fpr95": unknown.fpr_at_tpr(scores[known], scores[~known])}
