@@ -68,6 +68,7 @@ class Classifier:
         self.name = folder.name
         self.labels = loaded.labels
         self.card = loaded.card
+        self.bank = loaded.bank  # the feature bank that the card's unknown score reads, if it reads one
         self.input_size = loaded.model.input_size
         self._model = loaded.model
 

@@ -46,7 +46,7 @@ from streamlit.runtime.uploaded_file_manager import UploadedFile  # noqa: E402
 from app.inference import Classifier, find_models, find_samples, heatmap  # noqa: E402
 from app.memory import ClosedTabs, PhotoSlots, tune_allocator  # noqa: E402
 from runtime import imaging, second_look  # noqa: E402
-from runtime.answer import Answer, answer, logits  # noqa: E402
+from runtime.answer import Answer, answer  # noqa: E402
 from runtime.litert import ModelError  # noqa: E402
 from runtime.model_folder import CONFUSION_FILE, METRICS_FILE  # noqa: E402
 
@@ -211,13 +211,13 @@ def first_look(image: Image.Image, classifier: Classifier) -> tuple[second_look.
 def see(image: Image.Image, classifier: Classifier, full: second_look.Outputs, box: second_look.Box) -> Seen:
     """The answer for a photo from its first pass `full` and a second look at `box` (none for the whole photo).
 
-    As in `second_look.look`, both passes count; their logits are averaged, so that the card's
-    temperature and unknown score apply to one logit vector (`runtime.answer.logits`).
+    As in `second_look.look`, both passes count: their logits are averaged, and the card's unknown
+    score reads both (`runtime.answer.answer`).
     """
     passes = [full]
     if box != whole(image):
         passes.append(classifier.outputs(second_look.pixels(image, classifier.input_size, box)))
-    result = answer(logits(*passes), classifier.card)
+    result = answer(passes, classifier.card, classifier.bank)
     class_map = full["class_maps"][..., classifier.labels.index(result.label)]
     return Seen(result, box, class_map)
 

@@ -13,11 +13,13 @@ without the second look (`runtime.second_look`):
   (`training.calibration`, temperature fitted on the validation split);
 - unknown-species scores (`training.unknown`): AUROC and FPR at 95% TPR by leave-species-out
   (5 folds of 10 held-out classes, on train + valid: a head is refitted on the 40 kept classes'
-  pooled features), and on leeds-field's four unknown species against its six known ones;
-- what the app serves (`training.trust`): calibrated max-softmax and its "not sure" threshold,
-  the model card's for a trained model (trust.json), else the one the trust step would set (the
+  pooled features), on leeds-field's four unknown species against its six known ones, and on
+  background crops of leeds-field (a square of each photo without its butterfly, by its mask):
+  photos of no butterfly at all;
+- what the app serves (`training.trust`): max-softmax+kNN and its "not sure" threshold, the
+  model card's for a trained model (trust.json), else the one the trust step would set (the
   median over folds of the threshold keeping 95% of known validation images): never chosen on
-  test or leeds-field;
+  test or leeds-field; max-softmax alone at its own held-out threshold beside it, for comparison;
 - leeds-field known top-1, heatmap-in-mask rate (the share of photos whose top class map,
   upsampled to the photo, peaks inside its butterfly mask), and at the threshold: the share of
   known photos answered, the accuracy of those answers, the share of unknown ones answered
@@ -63,14 +65,15 @@ RECIPES = ["affine", "zoom_out", "crop", "colour", "field"]  # one augmented vie
 VIEW_PER_CLASS = 30  # the study's views are of this many training images per class (its CPU budget)...
 ALL_IMAGES = ["zoom_out", "field"]  # ...except these recipes, measured again with a view of every training image
 SEED = 1337
+BACKGROUND_SIDES = (0.6, 0.5, 0.4, 1 / 3)  # background crops: sides tried, as shares of the photo's short side...
+BACKGROUND_MAX_MASK = 0.01  # ...with under 1% of the crop in the butterfly's mask
 FOLDS, HELD_OUT = 5, 10
 BANK_PER_CLASS = unknown.BANK_PER_CLASS
-SERVED_SCORE = "max_softmax"  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
-# Measured at its own held-out threshold too: what serving it would give (the exported model would
-# need to output its pooled features, and the model folder to hold the feature bank).
-CANDIDATE = "+".join(unknown.COMBINED)
-EVALUATED_FORMAT = "4"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
-# 3: the candidate score at its threshold too; 4: those shares by `training.field.at_threshold`
+SERVED_SCORE = "+".join(unknown.COMBINED)  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
+BESIDE = "max_softmax"  # the score served before max-softmax+kNN, measured at its own held-out threshold too
+EVALUATED_FORMAT = "5"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
+# 3: a second score at its threshold too; 4: those shares by `training.field.at_threshold`; 5: max-softmax+kNN
+# served, and the background crops
 
 
 def log(message: str) -> None:
@@ -128,6 +131,7 @@ class Model:
     feature_map: Callable[[np.ndarray], np.ndarray]
     head: unknown.LinearHead | None = None  # None: frozen features, a head is fitted here
     threshold: float | None = None  # a trained model's "not sure" threshold (trust.json); None: set here
+    served: unknown.Scorer | None = None  # a trained model's served temperature, bank and ranks; None: fitted here
     notes: list[str] = field(default_factory=list)
 
 
@@ -177,9 +181,21 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     key = f"trained-{folder.name}-{digest}"
     path = WORK / "cache" / key / "feature_map.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
+    trust = json.loads((folder / "trust.json").read_text(encoding="utf-8"))
+    head = unknown.LinearHead(weights, bias)
     return Model(f"{folder.name} fine-tuned ({folder.parent.name} run)", key, int(inputs.shape[1]),
-                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), unknown.LinearHead(weights, bias),
-                 json.loads((folder / "trust.json").read_text(encoding="utf-8"))["threshold"])
+                 litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), head, trust["threshold"],
+                 served_scorer(folder, trust, head))
+
+
+def served_scorer(folder: Path, trust: dict, head: unknown.LinearHead) -> unknown.Scorer | None:
+    """What the trust step saved for the app to score with (temperature, feature bank, ranks), as a
+    Scorer; None for a model trained before it served max-softmax+kNN."""
+    if trust["score"] != SERVED_SCORE:
+        return None
+    ranks = unknown.RankCombination({name: np.array(quantiles) for name, quantiles in trust["ranks"].items()})
+    bank = unknown.FeatureBank(np.load(folder / "feature_bank.npy"), trust["k"])
+    return unknown.Scorer(head, trust["temperature"], bank, None, ranks)
 
 
 # --- Features, cached ------------------------------------------------------------------------------
@@ -333,7 +349,8 @@ def field_pass(model: Model, head: unknown.LinearHead, scorer: unknown.Scorer,
         timings.append(time.perf_counter() - start)
         return outputs
 
-    results: dict[str, list] = {key: [] for key in ("full", "second", "in_mask", "cropped", "first_s", "total_s")}
+    results: dict[str, list] = {key: [] for key in ("full", "second", "in_mask", "cropped", "first_s", "total_s",
+                                                    "background_full", "background_second")}
     for index, photo in enumerate(photos):
         timings.clear()
         start = time.perf_counter()
@@ -348,17 +365,39 @@ def field_pass(model: Model, head: unknown.LinearHead, scorer: unknown.Scorer,
         mask = np.asarray(Image.open(photo.mask).convert("1").resize(image.size, Image.Resampling.NEAREST))
         x, y = second_look.peak(look.full["class_maps"][..., int(np.argmax(look.full["probabilities"]))], image.size)
         results["in_mask"].append(bool(mask[y, x]))
+        if (box := background_box(mask)) is not None:
+            background = second_look.look(image.crop(box), predict, size)
+            results["background_full"].append(background.full)
+            results["background_second"].append(background.crop or background.full)
         if (index + 1) % 200 == 0:
             log(f"    field photos: {index + 1}/{len(photos)}")
     return results
+
+
+def background_box(mask: np.ndarray) -> second_look.Box | None:
+    """A square of the photo without its butterfly (under 1% of it in the mask): the largest of
+    60%, 50%, 40% or a third of the short side, on a 5x5 grid of positions; None if there is none.
+    Grass, flowers and leaves as a visitor's photo shows them: what a photo of "no butterfly"
+    looks like to the model, which should answer "not sure"."""
+    height, width = mask.shape
+    inside = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table
+    for share in BACKGROUND_SIDES:
+        side = int(share * min(width, height))
+        for top in np.linspace(0, height - side, 5).astype(int):
+            for left in np.linspace(0, width - side, 5).astype(int):
+                covered = (inside[top + side, left + side] - inside[top, left + side] - inside[top + side, left]
+                           + inside[top, left]) / side ** 2
+                if covered < BACKGROUND_MAX_MASK:
+                    return int(left), int(top), int(left + side), int(top + side)
+    return None
 
 
 def look_scores(scorer: unknown.Scorer, full: list[dict], second: list[dict] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Answers and scores without (second=None) or with the second look.
 
     With it, the answer and the logit scores read the two passes' averaged logits, as the app and
-    `predict` answer (`runtime.answer.logits`); the feature-space scores (kNN, Mahalanobis), which
-    the app does not serve, are the mean of the two passes' values.
+    `predict` answer (`runtime.answer.logits`); the feature-space scores (kNN, Mahalanobis) are the
+    mean of the two passes' values, as the app averages kNN (`runtime.answer.photo_score`).
     """
     logits, pooled = np.stack([o["logits"] for o in full]), np.stack([o["pooled"] for o in full])
     if second is None:
@@ -392,6 +431,9 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     valid = (split_features(model, splits["valid"], "valid"), splits["valid"].labels)
     test = (split_features(model, splits["test"], "test"), splits["test"].labels)
     scorer = unknown.Scorer.fit(head, train, valid, BANK_PER_CLASS)
+    if model.served is not None:  # score as the app does: the trust step's temperature, bank and ranks
+        scorer.temperature, scorer.bank, scorer.combination = (model.served.temperature, model.served.bank,
+                                                               model.served.combination)
     test_logits = head.logits(test[0])
     result = {
         "model": label, "temperature": scorer.temperature,
@@ -403,21 +445,26 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     log("  leave-species-out")
     result["species_out"] = unknown.summarise(unknown.held_out_species(train, valid, HELD_OUT, FOLDS, SEED, BANK_PER_CLASS))
     result["threshold"] = (result["species_out"][SERVED_SCORE]["threshold"] if model.threshold is None else model.threshold)
-    thresholds = {SERVED_SCORE: result["threshold"], CANDIDATE: result["species_out"][CANDIDATE]["threshold"]}
+    thresholds = {SERVED_SCORE: result["threshold"], BESIDE: result["species_out"][BESIDE]["threshold"]}
     log("  field photos")
     passes = field_pass(model, head, scorer, photos)
     labels = np.array([photo.label for photo in photos])
     known = labels >= 0
     test_scores = scorer.scores(test[0])
+    result["backgrounds"] = len(passes["background_full"])
     for look_name, second in (("first", None), ("second", passes["second"])):
         answers, scores = look_scores(scorer, passes["full"], second)
+        _, background = look_scores(scorer, passes["background_full"], None if second is None else passes["background_second"])
         result[look_name] = {
             "field_top1": float(np.mean(answers[known] == labels[known])),
             "unknown": {name: {"auroc": unknown.auroc(s[known], s[~known]), "fpr95": unknown.fpr_at_tpr(s[known], s[~known])}
                         for name, s in scores.items()},
             "unknown_vs_test": {name: {"auroc": unknown.auroc(test_scores[name], s[~known]),
                                        "fpr95": unknown.fpr_at_tpr(test_scores[name], s[~known])} for name, s in scores.items()},
-            "at_threshold": {name: at_threshold(scores[name] >= threshold, answers == labels, known)
+            "background": {name: {"auroc": unknown.auroc(s[known], background[name]),
+                                  "fpr95": unknown.fpr_at_tpr(s[known], background[name])} for name, s in scores.items()},
+            "at_threshold": {name: {**at_threshold(scores[name] >= threshold, answers == labels, known),
+                                    "background_not_sure": float(np.mean(background[name] < threshold))}
                              for name, threshold in thresholds.items()},
         }
     result["in_mask"] = float(np.mean(passes["in_mask"]))
@@ -445,8 +492,9 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
              f"Thresholds keep 95% of known validation images in each fold (median over folds). The app serves "
              f"{SERVED_SCORE} (see `training.trust` for why) at the model card's threshold (a fine-tuned model's trust.json; "
              f"for a frozen pilot, set here as the trust step sets it); the other scores are measured for comparison. "
-             f"Second look: the two passes' logits averaged, as the app answers. For the fine-tuned models the folds "
-             f"refit a head on the fine-tuned features, whose backbone saw the "
+             f"Second look: the two passes' logits averaged and their kNN similarities averaged, as the app answers "
+             f"(a fine-tuned model's temperature, feature bank and ranks: its trust step's). For the fine-tuned models the "
+             f"folds refit a head on the fine-tuned features, whose backbone saw the "
              f"held-out species in training (optimistic for them). kNN: mean cosine similarity to the 5 nearest of "
              f"{BANK_PER_CLASS} training features per class. ECE: 15 equal-width bins, butterflies50 test (250 images: "
              f"one image is 0.4 points).\n"]
@@ -466,28 +514,35 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
                      f"({r['temperature']:.2f}) | {percent(r['first']['field_top1'])} / {percent(r['second']['field_top1'])} | "
                      f"{percent(r['in_mask'])} | {percent(r['cropped'])} | {r['first_ms']:.0f} / {r['total_ms']:.0f} ms |")
     lines += ["", "### Unknown-species scores: AUROC / FPR@95TPR\n",
+              f"Backgrounds: a square of each leeds-field photo without its butterfly (under "
+              f"{BACKGROUND_MAX_MASK:.0%} of it in the mask; {results[0]['backgrounds'] if results else 0} of the photos "
+              "have one), "
+              "told apart from the known species' photos: photos of no butterfly at all.\n",
               "| model | score | leave-species-out | leeds-field unknown vs known, first look | with second look "
-              "| leeds-field unknown vs butterflies50 test, first look | with second look |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "| leeds-field unknown vs butterflies50 test, first look | with second look "
+              "| leeds-field backgrounds vs known, first look | with second look |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for name, s in r["species_out"].items():
-            measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test") for look in ("first", "second")]
+            measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test", "background")
+                        for look in ("first", "second")]
             mark = " (served)" if name == SERVED_SCORE else ""
             lines.append(f"| {r['model']} | {name}{mark} | {s['auroc']:.3f} / {percent(s['fpr95'])} | "
                          + " | ".join(f"{m['auroc']:.3f} / {percent(m['fpr95'])}" for m in measured) + " |")
     lines += ["", "### At the threshold chosen on held-out species, without / with the second look\n",
-              f"The served score at the model card's threshold, and {CANDIDATE} at its own held-out threshold (not served: "
-              "the exported model would need to output its pooled features, and the model folder to hold the feature "
-              "bank).\n",
-              "| model | score >= threshold | known field photos answered | answers right | unknown field photos \"not sure\" |",
-              "| --- | --- | --- | --- | --- |"]
+              f"The served score at the model card's threshold, and {BESIDE} (served before) at its own held-out "
+              "threshold.\n",
+              "| model | score >= threshold | known field photos answered | answers right | unknown field photos \"not sure\" "
+              "| backgrounds \"not sure\" |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        for name, threshold in ((SERVED_SCORE, r["threshold"]), (CANDIDATE, r["species_out"][CANDIDATE]["threshold"])):
+        for name, threshold in ((SERVED_SCORE, r["threshold"]), (BESIDE, r["species_out"][BESIDE]["threshold"])):
             first, second = r["first"]["at_threshold"][name], r["second"]["at_threshold"][name]
             lines.append(f"| {r['model']} | {name} >= {threshold:.4g}{' (served)' if name == SERVED_SCORE else ''} | "
                          f"{percent(first['field_answered'])} / {percent(second['field_answered'])} | "
                          f"{percent(first['field_right'])} / {percent(second['field_right'])} | "
-                         f"{percent(first['field_not_sure'])} / {percent(second['field_not_sure'])} |")
+                         f"{percent(first['field_not_sure'])} / {percent(second['field_not_sure'])} | "
+                         f"{percent(first['background_not_sure'])} / {percent(second['background_not_sure'])} |")
     lines.append(f"\nLatency: decode (draft at {second_look.DECODE_SCALE}x the input) + LiteRT feature map + numpy head, "
                  f"2 threads, on a shared 2-core machine under other load; the second column includes the crop's pass "
                  f"when one is taken. A feature bank of {BANK_PER_CLASS} per class costs "

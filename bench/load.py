@@ -156,7 +156,10 @@ STAND_IN_PROBE = """
 import json, sys
 from pathlib import Path
 import keras
-from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, ModelCard
+import numpy as np
+from runtime.answer import normalised
+from runtime.model_folder import BANK_FILE, CARD_FILE, LABELS_FILE, MODEL_FILE, ModelCard
+from training.unknown import BANK_PER_CLASS
 from training.backbones import parse_variant
 from training.model import build_classifier, to_litert, with_class_maps
 folder, labels = Path(sys.argv[1]), sys.argv[2:]
@@ -166,9 +169,16 @@ model = with_class_maps(build_classifier(variant, len(labels), None, 0.2))
 folder.mkdir(parents=True, exist_ok=True)
 to_litert(model, folder / MODEL_FILE)
 zero = {"top1": 0.0, "top5": 0.0, "macro_f1": 0.0}
+# The served unknown score, with a feature bank of the exporter's size (random rows: memory, not meaning).
+channels = model.predict_on_batch(np.zeros((1, variant.size, variant.size, 3)))["features"].shape[-1]
+bank = normalised(np.random.default_rng(0).normal(size=(BANK_PER_CLASS * len(labels), channels)))
+np.save(folder / BANK_FILE, bank.astype(np.float16))
+levels = np.linspace(0, 1, 201).tolist()
+unknown = {"score": "max_softmax+knn", "temperature": 1.0, "threshold": 0.0, "k": 5,
+           "ranks": {"max_softmax": levels, "knn": levels}}
 card = ModelCard(backbone=variant.id, input_size=[variant.size, variant.size], classes=labels, quantization="float32",
-                 metrics=zero, litert_metrics=zero, unknown={"score": "max_softmax", "temperature": 1.0, "threshold": 0.0},
-                 subject="butterfly species").to_json(stand_in_weights=True, source="bench/load.py --stand-in")
+                 metrics=zero, litert_metrics=zero, unknown=unknown, subject="butterfly species"
+                 ).to_json(stand_in_weights=True, source="bench/load.py --stand-in")
 (folder / LABELS_FILE).write_text(json.dumps(labels))
 (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
 """

@@ -2,10 +2,14 @@
 
     <model folder>/
         model.tflite      one float32 input [1, H, W, 3] of raw RGB values 0..255 (the preprocessing
-                          is inside the model) and two outputs, found by name: `probabilities`
-                          [1, N] and `class_maps` [1, h, w, N], the classifier head applied at every
-                          location of the feature map (class activation maps)
+                          is inside the model) and outputs found by name: `probabilities` [1, N],
+                          `class_maps` [1, h, w, N], the classifier head applied at every location
+                          of the feature map (class activation maps), and `features` [1, C], the
+                          pooled features the head reads (needed by a card whose unknown score
+                          reads the feature bank)
         labels.json       the N class names, in output order
+        feature_bank.npy  for such a card: (n, C) unit-length training features, float16, that
+                          the unknown score compares a photo's features with (`runtime.answer.knn`)
         model_card.json   how the model was made and how well it did on the test split (`ModelCard`)
         metrics.json      optional: the training run's metrics.json of this backbone, whose "test"
                           entry holds per-class precision, recall and support (`per_class`)
@@ -29,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runtime.answer import SCORES
+import numpy as np
+
+from runtime.answer import NEEDS_BANK, SCORES
 from runtime.litert import LiteRTModel, ModelError
 
 MODEL_FILE = "model.tflite"
@@ -38,7 +44,9 @@ CARD_FILE = "model_card.json"
 METRICS_FILE = "metrics.json"  # optional, for the app's About page
 CONFUSION_FILE = "confusion_matrix.csv"  # optional, for the app's About page
 SAMPLES_FOLDER = "samples"
-OUTPUTS = ("probabilities", "class_maps")  # the output names of model.tflite's signature
+BANK_FILE = "feature_bank.npy"
+OUTPUTS = ("probabilities", "class_maps")  # the output names of model.tflite's signature that every card needs...
+FEATURES = "features"  # ...and the one a card needs whose unknown score reads the feature bank
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,9 @@ class ModelCard:
     metrics: dict[str, float]  # top1, top5 and macro_f1 of the Keras model on the test split
     litert_metrics: dict[str, float]  # the same, measured with this model.tflite on the same images
     # When to answer "not sure" (`runtime.answer`): {"score": one of answer.SCORES, "temperature": T
-    # fitted on the validation split, "threshold": t chosen on species held out of training}; the
-    # answer names a class only when the score of the logits / T reaches t.
+    # fitted on the validation split, "threshold": t chosen on species held out of training, and
+    # for a score that reads the feature bank "k" and "ranks"}; the answer names a class only when
+    # the photo's score reaches t.
     unknown: dict[str, Any]
     subject: str  # what the classes are, for the app's texts: e.g. "butterfly species"
 
@@ -76,15 +85,32 @@ class ModelFolder:
     labels: list[str]
     card: dict[str, Any]  # all of model_card.json, provenance included
     model: LiteRTModel
+    bank: np.ndarray | None  # the feature bank as float32 unit rows, for a card whose score needs it
 
 
 def load(folder: Path, num_threads: int | None = 2) -> ModelFolder:
     """Read a model folder and check it, or raise a ModelError naming the file and the problem."""
     labels = read_labels(folder)
     card = read_json(folder / CARD_FILE, dict)
-    model = LiteRTModel(folder / MODEL_FILE, OUTPUTS, num_threads)
+    needs_bank = isinstance(card.get("unknown"), dict) and card["unknown"].get("score") in NEEDS_BANK
+    model = LiteRTModel(folder / MODEL_FILE, (*OUTPUTS, FEATURES) if needs_bank else OUTPUTS, num_threads)
     check_consistent(folder, labels, card, model)
-    return ModelFolder(labels, card, model)
+    bank = read_bank(folder, model.output_shapes[FEATURES][-1]) if needs_bank else None
+    return ModelFolder(labels, card, model, bank)
+
+
+def read_bank(folder: Path, channels: int) -> np.ndarray:
+    """The feature bank as float32 (the app multiplies by it on every photo), checked against the model."""
+    path = folder / BANK_FILE
+    try:
+        bank = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: {BANK_FILE} is missing; {CARD_FILE}'s unknown score needs it") from None
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{path}: cannot be read as a NumPy array ({error})") from None
+    if bank.ndim != 2 or bank.shape[1] != channels or len(bank) == 0:
+        raise ModelError(f"{path}: expected (images, {channels}) features, found shape {list(bank.shape)}")
+    return bank.astype(np.float32)
 
 
 def read_labels(folder: Path) -> list[str]:
@@ -135,4 +161,18 @@ def unknown_problem(unknown: Any) -> str | None:
         return f"unknown needs numbers for temperature and threshold, found {numbers}"
     if numbers["temperature"] <= 0:
         return f"unknown temperature must be positive, found {numbers['temperature']}"
+    if unknown["score"] in NEEDS_BANK:
+        k, ranks = unknown.get("k"), unknown.get("ranks")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            return f"unknown score {unknown['score']} needs a whole number k >= 1, found {k!r}"
+        if not isinstance(ranks, dict) or not all(_quantiles(ranks.get(name)) for name in ("max_softmax", "knn")):
+            return (f"unknown score {unknown['score']} needs ranks: {{\"max_softmax\": [...], \"knn\": [...]}}, "
+                    "each an increasing list of at least two numbers")
     return None
+
+
+def _quantiles(values: Any) -> bool:
+    """Whether `values` can be quantiles: a non-decreasing list of at least two numbers."""
+    return (isinstance(values, list) and len(values) >= 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            and all(a <= b for a, b in zip(values, values[1:])))

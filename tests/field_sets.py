@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from shapes import CLASSES, draw
 
-from runtime import imaging, second_look
+from runtime import answer, imaging, second_look
+from runtime.model_folder import BANK_FILE
 
 PHOTOS = 3  # per folder
 
@@ -69,27 +70,31 @@ def predict(folder: Path, paths: list[Path]) -> np.ndarray:
     return model(pixels, training=False).numpy()
 
 
-def app_answers(folder: Path, paths: list[Path]) -> np.ndarray:
+def app_answers(folder: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """A trained backbone folder's saved model run by hand on `paths` as the app answers a photo:
-    the photo decoded for a crop,
-    looked at whole and at the crop around its evidence (`runtime.second_look`), the passes'
-    logits averaged; the probabilities of those logits."""
+    the photo decoded for a crop, looked at whole and at the crop around its evidence
+    (`runtime.second_look`), the passes' logits averaged; the probabilities of those logits, and
+    the served unknown score of each photo (`runtime.answer.photo_score` by trust.json, with the
+    folder's feature bank)."""
     import keras
 
     from training.model import with_class_maps
 
     served = with_class_maps(keras.models.load_model(folder / "model.keras", compile=False))
     size = tuple(served.input.shape[1:3])
+    settings = answer.served(json.loads((folder / "trust.json").read_text()))
+    bank = np.load(folder / BANK_FILE)
 
     def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value[0].numpy() for name, value in served(pixels[None].astype("float32"), training=False).items()}
 
-    answers = []
+    probabilities, scores = [], []
     for path in paths:
         look = second_look.look(second_look.decode(path, size), outputs, size)
         logits = np.mean([passed["class_maps"].mean(axis=(0, 1)) for passed in look.passes], axis=0)
-        answers.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
-    return np.array(answers)
+        probabilities.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
+        scores.append(answer.photo_score(look.passes, settings, bank))
+    return np.array(probabilities), np.array(scores)
 
 
 def field_photos(images: Path, mapping_file: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:

@@ -111,7 +111,7 @@ def field_and_ensemble(run: Path, images: Path, mapping: Path) -> None:
     test_probabilities, field_probabilities = [], []
     for row in rows:
         test_probabilities.append(predict(run / row["backbone"], tests))
-        field_probabilities.append(app_answers(run / row["backbone"], photos))
+        field_probabilities.append(app_answers(run / row["backbone"], photos)[0])
         assert row["field_top1"] == pytest.approx(np.mean(field_probabilities[-1][known].argmax(1) == labels[known]))
         assert 0 <= row["field_unknown_auroc"] <= 1
     test_labels = np.array([classes.index(name) for name in split["labels"]["test"]])

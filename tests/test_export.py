@@ -18,7 +18,7 @@ from sessions import once_per_session
 from shapes import run_cli
 
 from app.inference import Classifier
-from runtime import imaging, model_folder
+from runtime import answer, imaging, model_folder
 from runtime.model_folder import CARD_FILE, LABELS_FILE, MODEL_FILE, SAMPLES_FOLDER
 from training import export as export_module
 from training.__main__ import main
@@ -86,6 +86,19 @@ def test_parity_between_training_path_and_app_path(deploy: Path, trained_run: Pa
                              for s in dataset.splits["test"]])
     assert (training_side.argmax(1) == serving_side.argmax(1)).all()
     np.testing.assert_allclose(serving_side, training_side, atol=1e-3)
+
+
+def test_the_feature_bank_holds_the_exported_features_of_training_images(deploy: Path, tiny_dataset: Path) -> None:
+    """The trust step built the bank from cached activations through the Keras model; the app
+    compares it with the exported file's features. The tiny set has 12 training images per class,
+    fewer than the bank keeps (20), so every training image is in it: its features, from the
+    app's decoder and model.tflite, must find themselves there (cosine 1, float16 aside)."""
+    classifier = Classifier(deploy)
+    assert classifier.card["unknown"]["score"] == "max_softmax+knn" and classifier.bank.shape == (36, 512)
+    np.testing.assert_allclose(np.linalg.norm(classifier.bank, axis=1), 1, atol=1e-3)
+    features = np.stack([classifier.outputs(imaging.load_pixels(s.path, classifier.input_size))["features"]
+                         for s in scan(tiny_dataset).splits["train"]])
+    assert answer.knn(features, classifier.bank, 1) == pytest.approx(np.ones(len(features)), abs=2e-3)
 
 
 def test_class_maps_average_to_the_logits(deploy: Path) -> None:

@@ -22,7 +22,7 @@ from field_sets import app_answers, field_photos, make_field_set
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from training import ensemble, field, trust, unknown
+from training import ensemble, field, trust
 from training.config import ConfigError, load_config
 from training.evaluate import TEST_PREDICTIONS
 from training.folder import ImageFolder, Sample
@@ -50,10 +50,11 @@ def rerun(run: Path, field_data: Path | None, field_map: Path | None) -> tuple[l
     return rows, log.getvalue()
 
 
-def predict_field(folder: Path, images: Path, mapping: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The saved model's answers to the field photos as the app gives them, by hand, and their labels."""
+def predict_field(folder: Path, images: Path, mapping: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The saved model's answers to the field photos as the app gives them, by hand: probabilities,
+    served unknown scores, and the photos' labels."""
     paths, labels = field_photos(images, mapping, json.loads((folder / "labels.json").read_text()))
-    return app_answers(folder, paths), labels
+    return *app_answers(folder, paths), labels
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -69,11 +70,11 @@ def test_a_field_set_added_to_a_finished_run_is_measured_without_retraining(fini
     assert len(list((finished / "vgg16").glob("field-*.npz"))) == 1
 
     # The columns, from the saved model run by hand on the photos.
-    probabilities, labels = predict_field(finished / "vgg16", images, mapping)
+    probabilities, scores, labels = predict_field(finished / "vgg16", images, mapping)
     known = labels >= 0
     assert row["field_top1"] == pytest.approx(np.mean(probabilities[known].argmax(1) == labels[known]))
     settings = json.loads((finished / "vgg16" / "trust.json").read_text())
-    scores = unknown.max_softmax(np.log(probabilities.astype(np.float64)), settings["temperature"])  # the served score
+    assert settings["score"] == "max_softmax+knn"  # the served score, as the app computes it
     assert row["field_unknown_auroc"] == pytest.approx(roc_auc_score(known, scores), abs=1e-9)
     assert 0 <= row["field_unknown_auroc"] <= 1 and 0 <= row["field_unknown_fpr95"] <= 1
     answered = scores >= settings["threshold"]  # the card's "not sure" threshold
@@ -95,7 +96,7 @@ def test_a_field_set_added_to_a_finished_run_is_measured_without_retraining(fini
 def test_without_unknown_species_the_unknown_field_columns_stay_empty(finished, tmp_path):
     images, mapping = make_field_set(tmp_path / "field", unknown=False)
     [row], _ = rerun(finished, images, mapping)
-    probabilities, labels = predict_field(finished / "vgg16", images, mapping)
+    probabilities, _, labels = predict_field(finished / "vgg16", images, mapping)
     assert row["field_top1"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
     assert row["field_unknown_auroc"] is None and row["field_unknown_fpr95"] is None and row["field_not_sure"] is None
     assert row["field_answered"] is not None  # known photos are answered or not all the same

@@ -95,20 +95,35 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert result["in_mask"] >= 0.8  # the colour map peaks on the square
     assert result["cropped"] > 0.5  # the squares are small: the second look crops
     assert set(result["species_out"]) == {*unknown.SCORES, "max_softmax+knn"}
-    assert 0 < result["threshold"] < 1  # calibrated max-softmax, set on the folds (no card: a frozen pilot)
+    assert 0 < result["threshold"] < 1  # the served rank combination, set on the folds (no card: a frozen pilot)
     section = field.report([], [result], "bench/field.py")
-    assert "| colours |" in section and "max_softmax (served)" in section
-    for look in ("first", "second"):  # the served score and the candidate, each at its own threshold
+    assert "| colours |" in section and "max_softmax+knn (served)" in section
+    assert result["backgrounds"] == len(photos)  # each photo has a square without its small square 'butterfly'
+    for look in ("first", "second"):  # the served score and the one served before, each at its own threshold
         assert set(result[look]["at_threshold"]) == {"max_softmax", "max_softmax+knn"}
+        assert set(result[look]["background"]) == set(result["species_out"])
+        assert all(0 <= m["auroc"] <= 1 for m in result[look]["background"].values())
         for measured in result[look]["at_threshold"].values():
             assert 0 <= measured["field_answered"] <= 1 and 0 <= measured["field_not_sure"] <= 1
+            assert 0 <= measured["background_not_sure"] <= 1
             # No answer to be right or wrong: no share (it read 0% right before), else a share.
             assert (measured["field_right"] is None) == (measured["field_answered"] == 0)
             assert measured["field_right"] is None or 0 <= measured["field_right"] <= 1
-    assert f"max_softmax >= {result['threshold']:.4g} (served)" in section
+    assert f"max_softmax+knn >= {result['threshold']:.4g} (served)" in section
+    # Plain grey squares are far from every training colour: the served score says "not sure" to them.
+    assert result["second"]["at_threshold"]["max_softmax+knn"]["background_not_sure"] == 1.0
     # A second evaluation reads the stored result instead of measuring again.
     head = unknown.fit_linear_head(train, splits["train"].labels)
     assert field.evaluate(model, head, splits, photos, "again")["model"] == "again"
+
+
+def test_a_background_square_avoids_the_butterfly():
+    mask = np.zeros((100, 200), dtype=bool)
+    mask[10:60, 20:70] = True
+    left, top, right, bottom = field.background_box(mask)
+    assert right - left == bottom - top == 60  # the largest side tried: 60% of the short side
+    assert mask[top:bottom, left:right].mean() < field.BACKGROUND_MAX_MASK
+    assert field.background_box(np.ones((100, 200), dtype=bool)) is None  # all butterfly: no background
 
 
 def test_the_augmentation_study_compares_recipes_side_by_side(data, monkeypatch):

@@ -10,10 +10,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from field_sets import app_answers
 from shapes import CLASSES, ROOT, make_dataset, run_cli
 
 from training.__main__ import main
@@ -71,7 +73,10 @@ def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp
     assert all("Red Circle (display)" in (row["top1"], row["top2"], row["top3"]) for row in ok)
     assert all(abs(sum(float(row[f"p{i}"]) for i in (1, 2, 3)) - 1) < 1e-4 for row in ok)
     assert {row["answer"] for row in ok} <= {row["top1"] for row in ok} | {"not sure"}
-    assert all(float(row["score"]) == pytest.approx(float(row["p1"]), abs=1e-5) for row in ok)  # max-softmax
+    # The served score (max-softmax+kNN, with the second look), as computed by hand from the saved model.
+    _, scores = app_answers(folder, [Path(row["image"]) for row in ok])
+    assert [float(row["score"]) for row in ok] == pytest.approx(scores.tolist(), abs=1e-5)
+    assert all((row["answer"] != "not sure") == (float(row["score"]) >= trust["threshold"]) for row in ok)
 
 
 def test_predict_command_names_a_wrong_model_folder(tmp_path):

@@ -24,15 +24,16 @@ UNKNOWN = {"score": "max_softmax", "temperature": 1.5, "threshold": 0.0}
 
 def tiny_cam_model(classes: int):
     """Rescaling -> Conv2D feature map -> GAP -> Dense logits -> softmax, plus the Dense head
-    applied at every location of the feature map: the class activation maps."""
+    applied at every location of the feature map (the class activation maps) and the pooled
+    features, as the pipeline exports a classifier."""
     import keras
 
     inputs = keras.Input((*INPUT_SIZE, 3))
     features = keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
     head = keras.layers.Dense(classes, name="logits", kernel_initializer=keras.initializers.RandomNormal(stddev=3.0))
-    logits = head(keras.layers.GlobalAveragePooling2D()(features))
-    probabilities = keras.layers.Softmax(name="probabilities")(logits)
-    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": head(features)})
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    probabilities = keras.layers.Softmax(name="probabilities")(head(pooled))
+    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": head(features), "features": pooled})
 
 
 def model_card(labels: list[str], backbone: str, top1: float, unknown: dict = UNKNOWN) -> dict:

@@ -11,9 +11,10 @@ cost. The row is computed from what every member kept, without running a model a
   for a single model: ECE of the test split before and after it;
 - held-out species: in each leave-species-out fold, the fold heads' probabilities averaged over
   members (the folds hold out the same species for every backbone of a run: they share the seed),
-  calibrated on the fold's known images and scored by calibrated max-softmax, as the trust step
-  scores one backbone: AUROC and FPR@95TPR, averaged over the folds, and a "not sure" threshold,
-  the median over folds of the one answering 95% of the fold's known images;
+  calibrated on the fold's known images and scored by calibrated max-softmax (a backbone serves
+  max-softmax+kNN, but the members' features live in different spaces): AUROC and FPR@95TPR,
+  averaged over the folds, and a "not sure" threshold, the median over folds of the one
+  answering 95% of the fold's known images;
 - field set: the members' answers to the field photos averaged (each member with its own second
   look, as the app answers), scored with the ensemble's temperature and threshold;
 - cost: parameters, size, training times and latency are the members' sums: on a CPU the members
@@ -100,7 +101,7 @@ def held_out_species(members: list[Member]) -> tuple[dict[str, float | None], fl
         labels = fold[0].known_labels
         known = len(labels)
         temperature = calibration.fit_temperature(trust.log_probabilities(probabilities[:known]), labels)
-        scores = trust.served_score(probabilities, temperature)
+        scores = trust.max_softmax(probabilities, temperature)
         measured.append((unknown.auroc(scores[:known], scores[known:]), unknown.fpr_at_tpr(scores[:known], scores[known:]),
                          unknown.threshold_at_tpr(scores[:known])))
     if not measured:
@@ -116,4 +117,4 @@ def field_columns(members: list[Member], field_set: field.FieldSet | None, tempe
     if field_set is None:
         return dict.fromkeys(FIELD_COLUMNS)
     probabilities = np.mean([member.field_probabilities for member in members], axis=0)
-    return field.measure(field_set, probabilities, trust.served_score(probabilities, temperature), threshold)
+    return field.measure(field_set, probabilities, trust.max_softmax(probabilities, temperature), threshold)

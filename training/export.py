@@ -1,11 +1,13 @@
 """Stage 9: turn a trained backbone into a deployable LiteRT folder for the web app.
 
     saved_models/deploy/<backbone>[-<quantization>]/   a model folder (`runtime.model_folder`):
-        model.tflite, labels.json, model_card.json
+        model.tflite, labels.json, model_card.json, feature_bank.npy
     saved_models/deploy/samples/, comparison.{json,md}   for the app's sample picker and table
 
-The exported model is the classifier with its class-activation-map output (`model.with_class_maps`),
-preprocessing included, so the app only decodes and resizes (with `imaging`, as training did).
+The exported model is the classifier with its class-activation-map and pooled-feature outputs
+(`model.with_class_maps`), preprocessing included, so the app only decodes and resizes (with
+`imaging`, as training did); beside it goes the feature bank that the unknown score reads
+(`training.trust`).
 The export checks itself: the `.tflite` file is run on the test split, and a quantized variant
 that loses more than one point of top-1 accuracy against the Keras model is refused.
 """
@@ -21,9 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from runtime import imaging
+from runtime import answer, imaging
 from runtime.litert import LiteRTModel, ModelError
 from runtime.model_folder import (
+    BANK_FILE,
     CARD_FILE,
     CONFUSION_FILE,
     LABELS_FILE,
@@ -97,7 +100,7 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
         quantization=quantize,
         metrics={k: saved["test"][k] for k in ("top1", "top5", "macro_f1")},
         litert_metrics={k: exported[k] for k in ("top1", "top5", "macro_f1")},
-        unknown={key: measured[key] for key in ("score", "temperature", "threshold")},
+        unknown=answer.served(measured),
         subject=run["config"].get("subject", "class"),
     ).to_json(
         unknown_measured={"held_out": measured["held_out"], "scores": measured["scores"]},
@@ -110,6 +113,9 @@ def export(folder: Path, quantize: str, out: Path) -> dict:
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )
     write_json(out / LABELS_FILE, classes)
+    if card["unknown"]["score"] in answer.NEEDS_BANK:
+        with atomic_path(out / BANK_FILE) as temporary:
+            shutil.copyfile(folder / BANK_FILE, temporary)
     write_json(out / CARD_FILE, card)
     for name in (METRICS_FILE, CONFUSION_FILE):  # per-class figures for the app's About page
         write_text(out / name, (folder / name).read_text(encoding="utf-8"))
@@ -134,7 +140,11 @@ def read_trust(folder: Path) -> dict:
     if not path.is_file():
         raise ExportError(f"{folder}: no trust.json (trained by an older version); run the same `python -m training "
                           "compare` command again with a new --run name to measure the temperature and threshold")
-    return read_json(path)
+    measured = read_json(path)
+    if measured["score"] in answer.NEEDS_BANK and not (folder / BANK_FILE).is_file():
+        raise ExportError(f"{folder}: trust.json's unknown score {measured['score']} needs {BANK_FILE}, which is "
+                          "missing; run the same `python -m training compare` command again with a new --run name")
+    return measured
 
 
 def copy_extras(folder: Path, test_paths: list[str], test_names: list[str], root: Path) -> None:

@@ -15,7 +15,7 @@ setting, the file and what is wrong.
 
 What `compare` measures on it is what the app would answer (`answers`): each photo classified
 whole and again at the crop around its evidence (`runtime.second_look`, the app's and `predict`'s
-one implementation), logits averaged. From those answers (`measure`): top-1 on the known species'
+one implementation), logits averaged, scored as the app scores them. From those answers (`measure`): top-1 on the known species'
 photos; how the served unknown score tells the unknown species' photos from the known ones
 (AUROC, FPR@95TPR); and at the model card's "not sure" threshold, the share of known photos
 answered, the share of those answers that are right, and the share of unknown photos answered
@@ -148,15 +148,20 @@ def read(field_data: str | Path, field_map: str | Path, classes: list[str]) -> F
     return FieldSet(Path(field_data), mapping, photos, skipped)
 
 
-def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple[int, int]) -> np.ndarray:
-    """The (photos, classes) probabilities the app would give the field photos: each decoded as the
-    app decodes an upload, looked at twice (`second_look.look`), the passes' logits averaged
-    (`answer.logits`). Untempered: the temperature is the scorer's to apply."""
-    probabilities = []
+def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple[int, int],
+            unknown: dict | None = None, bank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (photos, classes) probabilities the app would give the field photos, and given the
+    card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: each
+    photo decoded as the app decodes an upload, looked at twice (`second_look.look`), the passes'
+    logits averaged (`answer.logits`) and scored by `answer.photo_score`. The probabilities are
+    untempered: an ensemble averages them before its own temperature."""
+    probabilities, scores = [], []
     for photo in field_set.photos:
         look = second_look.look(second_look.decode(photo.path, input_size, str(photo.path)), predict, input_size)
         probabilities.append(answer.softmax(answer.logits(*look.passes)))
-    return np.array(probabilities, dtype=np.float32)
+        if unknown is not None:
+            scores.append(answer.photo_score(look.passes, unknown, bank))
+    return np.array(probabilities, dtype=np.float32), (np.array(scores) if unknown is not None else None)
 
 
 def at_threshold(answered: np.ndarray, right: np.ndarray, known: np.ndarray) -> dict[str, float | None]:

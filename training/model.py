@@ -98,18 +98,22 @@ def unfreeze_top(classifier: keras.Model, frozen_until: str | None) -> None:
 
 
 def with_class_maps(classifier: keras.Model) -> keras.Model:
-    """The classifier with a second output: class activation maps, shape (h, w, classes).
+    """The classifier with two more outputs: class activation maps, shape (h, w, classes), and
+    the pooled features the head reads, shape (channels,).
 
     Each map is the dense layer applied at every position of the backbone's feature map (bias
-    included), so averaging a class's map over positions gives exactly that class's logit.
+    included), so averaging a class's map over positions gives exactly that class's logit. The
+    features are what the unknown score compares with the feature bank (`runtime.answer.knn`).
     """
     inputs = keras.Input(classifier.input.shape[1:], name="pixels")
     x = classifier.get_layer("preprocess")(inputs)
     feature_map = classifier.get_layer("backbone")(x, training=False)
     logits = classifier.get_layer("logits")
-    probabilities = classifier.get_layer("probabilities")(logits(classifier.get_layer("pool")(feature_map)))
+    pooled = classifier.get_layer("pool")(feature_map)
+    probabilities = classifier.get_layer("probabilities")(logits(pooled))
     class_maps = keras.layers.Identity(name="class_maps")(logits(feature_map))
-    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": class_maps})
+    features = keras.layers.Identity(name="features")(pooled)
+    return keras.Model(inputs, {"probabilities": probabilities, "class_maps": class_maps, "features": features})
 
 
 def to_litert(model: keras.Model, path: Path, optimizations: Sequence[tf.lite.Optimize] = (),

@@ -15,9 +15,9 @@ import keras
 import numpy as np
 
 from runtime import imaging, second_look
-from runtime.answer import answer, logits, softmax
+from runtime.answer import NEEDS_BANK, answer, logits, served, softmax
 from runtime.litert import ModelError
-from runtime.model_folder import LABELS_FILE, read_labels
+from runtime.model_folder import BANK_FILE, LABELS_FILE, read_labels
 from training.artifacts import read_json, write_csv
 from training.model import with_class_maps
 
@@ -34,6 +34,15 @@ def load_model_folder(folder: str | Path) -> tuple[keras.Model, list[str]]:
     return keras.models.load_model(folder / "model.keras"), read_labels(folder)
 
 
+def read_bank(folder: Path) -> np.ndarray:
+    """The backbone folder's feature bank (`training.trust`), which its unknown score reads."""
+    path = folder / BANK_FILE
+    if not path.is_file():
+        raise ModelError(f"{folder}: no {BANK_FILE} here; trust.json's unknown score needs it (trained by an older "
+                         "version: run the same `python -m training compare` command again with a new --run name)")
+    return np.load(path, allow_pickle=False)
+
+
 def image_files(target: Path) -> list[Path]:
     """`target` itself, or the images in the folder `target` (recursively, hidden ones left out)."""
     if target.is_file():
@@ -44,16 +53,18 @@ def image_files(target: Path) -> list[Path]:
                   if p.suffix.lower() in imaging.IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
-def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str], trust: dict) -> list[dict]:
+def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str], trust: dict,
+            bank: np.ndarray | None = None) -> list[dict]:
     """One row per image: the answer ("not sure" or a class), its unknown score and the top-k
-    classes with their calibrated probabilities, or the reason the image failed."""
+    classes with their calibrated probabilities, or the reason the image failed. `bank`: the
+    folder's feature bank, for an unknown score that reads it."""
     size = tuple(model.input.shape[1:3])
     with_maps = with_class_maps(model)
 
     def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value[0] for name, value in with_maps.predict_on_batch(pixels[None].astype("float32")).items()}
 
-    card = {"classes": names, "unknown": {key: trust[key] for key in ("score", "temperature", "threshold")}}
+    card = {"classes": names, "unknown": served(trust)}
     rows = []
     for path in paths:
         try:
@@ -62,9 +73,8 @@ def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str],
             rows.append({"image": str(path), "error": str(error)})
             continue
         seen = second_look.look(photo, outputs, size)
-        combined = logits(*seen.passes)
-        result = answer(combined, card)
-        probabilities = softmax(combined, card["unknown"]["temperature"])
+        result = answer(seen.passes, card, bank)
+        probabilities = softmax(logits(*seen.passes), card["unknown"]["temperature"])
         best = np.argsort(-probabilities, kind="stable")[:top_k]
         rows.append({"image": str(path), "answer": result.label if result.sure else "not sure", "score": result.score,
                      "top": [(names[i], float(probabilities[i])) for i in best]})
@@ -78,7 +88,9 @@ def run_predict(model_folder: str, target: str, top_k: int, names_file: str | No
         display = read_json(names_file)
         classes = [display.get(name, name) for name in classes]
     target_path = Path(target)
-    rows = predict(model, image_files(target_path), top_k, classes, read_json(Path(model_folder) / TRUST_FILE))
+    trust = read_json(Path(model_folder) / TRUST_FILE)
+    bank = read_bank(Path(model_folder)) if trust["score"] in NEEDS_BANK else None
+    rows = predict(model, image_files(target_path), top_k, classes, trust, bank)
     for row in rows:
         print(row["image"])
         if "error" in row:

@@ -9,10 +9,11 @@
         <backbone>/model.keras        the fine-tuned classifier (raw RGB 0..255 in)
         <backbone>/labels.json        class names in output order
         <backbone>/metrics.json       test metrics, sizes, times
-        <backbone>/trust.json         temperature and "not sure" threshold (`training.trust`)
+        <backbone>/trust.json         temperature, unknown score and "not sure" threshold (`training.trust`)
+        <backbone>/feature_bank.npy   the training features the unknown score compares photos with
         <backbone>/trust.npz, test.npz   what the trust and evaluate steps predicted (for the ensemble)
-        <backbone>/field-answers-<fingerprint>.npz   its answers to a field set's photos, as the app
-                                      gives them (`training.field`)
+        <backbone>/field-looks-<fingerprint>.npz   its answers to a field set's photos and their
+                                      unknown scores, as the app gives them (`training.field`)
         <backbone>/confusion_matrix.{csv,png}, training_curves.png
         comparison.{md,csv,json,png}, dataset.png   (`training.report`; the ensemble row: `training.ensemble`)
 
@@ -46,7 +47,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from runtime.model_folder import LABELS_FILE
+from runtime import answer
+from runtime.model_folder import BANK_FILE, LABELS_FILE
 from training import ensemble, field, trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
 from training.backbones import Variant
@@ -92,8 +94,8 @@ def compare(config: Config, plan: Plan | None = None) -> list[dict]:
         run = BackboneRun(config, dataset, variant, weights[variant.id], plan.settings[variant.id], strategy)
         row = run.train()
         if field_set is not None:
-            field_probabilities[variant.id] = run.field_probabilities(field_set)
-            row = {**row, **run.field_columns(field_set, field_probabilities[variant.id])}
+            field_probabilities[variant.id], scores = run.field_answers(field_set)
+            row = {**row, **run.field_columns(field_set, field_probabilities[variant.id], scores)}
         rows.append(row)
     members = ensemble.members(run_dir, rows, field_probabilities)
     combined = ensemble.ensemble_row(members, dataset, field_set) if members else None
@@ -238,9 +240,11 @@ class BackboneRun:
         frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
         train_pooled, _ = pooled_and_logits(self.classifier, frozen_until, train.activations[:plain], batch_size)
         valid_pooled, valid_logits = pooled_and_logits(self.classifier, frozen_until, valid.activations, batch_size)
-        measured, predictions = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
-                                              valid_logits, len(self.dataset.classes), self.config.seed)
+        measured, predictions, bank = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
+                                                    valid_logits, len(self.dataset.classes), self.config.seed)
         write_arrays(self.folder / trust.PREDICTIONS_FILE, **predictions.arrays())
+        with atomic_path(self.folder / BANK_FILE) as temporary, open(temporary, "wb") as file:
+            np.save(file, bank)
         write_json(self.folder / "trust.json", measured)
         served = measured["scores"].get(measured["score"], {})
         print(f"  temperature {measured['temperature']:.2f}; held-out species: AUROC {served.get('auroc', float('nan')):.3f}, "
@@ -287,28 +291,39 @@ class BackboneRun:
 
     # After the steps: a field set, measured on the saved model (a finished run included).
 
-    def field_probabilities(self, field_set: field.FieldSet) -> np.ndarray:
+    def field_answers(self, field_set: field.FieldSet) -> tuple[np.ndarray, np.ndarray | None]:
         """The trained classifier's answers to every field photo, as the app would give them (whole
-        photo and second look, `field.answers`); kept in field-answers-<fingerprint>.npz, so that a
-        rerun, or another table, reads them there."""
-        path = self.folder / f"field-answers-{field_set.fingerprint()}.npz"
+        photo and second look, `field.answers`): probabilities, and unknown scores by the served
+        settings of trust.json (None for a backbone trained by an older version, which lacks it).
+        Kept in field-looks-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
+        path = self.folder / f"field-looks-{field_set.fingerprint()}.npz"
         if not path.is_file():
             served = with_class_maps(self.classifier)
+            settings, bank = self.served_settings()
 
             def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
                 outputs = served.predict_on_batch(pixels[None].astype("float32"))
                 return {name: value[0] for name, value in outputs.items()}
 
-            write_arrays(path, probabilities=field.answers(field_set, predict, (self.variant.size, self.variant.size)))
+            probabilities, scores = field.answers(field_set, predict, (self.variant.size, self.variant.size), settings, bank)
+            write_arrays(path, probabilities=probabilities, **({} if scores is None else {"scores": scores}))
         with np.load(path) as saved:
-            return saved["probabilities"]
+            return saved["probabilities"], saved.get("scores")
 
-    def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray) -> dict[str, float | None]:
-        """This backbone's field columns; the unknown and answer ones score with its temperature and
-        threshold (trust.json, which a backbone trained by an older version lacks: then they stay empty)."""
-        measured = self.folder / "trust.json"
-        settings = read_json(measured) if measured.is_file() else None
-        scores = None if settings is None else trust.served_score(probabilities, settings["temperature"])
+    def served_settings(self) -> tuple[dict | None, np.ndarray | None]:
+        """What the app would score with (`answer.served` of trust.json) and the feature bank, or
+        (None, None) for a backbone trained before trust.json."""
+        if not (self.folder / "trust.json").is_file():
+            return None, None
+        settings = answer.served(read_json(self.folder / "trust.json"))
+        bank = self.folder / BANK_FILE
+        return settings, (np.load(bank) if settings["score"] in answer.NEEDS_BANK else None)
+
+    def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray,
+                      scores: np.ndarray | None) -> dict[str, float | None]:
+        """This backbone's field columns; the unknown and answer ones from the served `scores` at
+        trust.json's threshold (empty for a backbone trained before trust.json)."""
+        settings, _ = self.served_settings()
         columns = field.measure(field_set, probabilities, scores, settings and settings["threshold"])
         print(f"  field set, as the app answers: top-1 {columns['field_top1']:.3f}" + (
             "" if columns["field_unknown_auroc"] is None else

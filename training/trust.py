@@ -16,9 +16,15 @@ in training: the held-out species are then somewhat easier to tell apart than tr
 so the figures measured here are an upper bound (docs/BENCHMARKS.md measures field photos).
 
 Every score of `training.unknown` is measured on the folds and recorded; the one served is
-calibrated max-softmax, the only one whose threshold carries from the fold heads to the real
-head unchanged: both are calibrated by their own temperature, while logit and energy scales, and
-feature-bank distances, differ from head to head or need features the exported model lacks.
+"max_softmax+knn": calibrated max-softmax and the kNN similarity of the pooled features to a
+feature bank of training images, each turned into its rank among known validation images and
+averaged. On held-out species it answers fewer unknown images than max-softmax alone at the same
+share of known ones, and on field photos it also separates photos that show no butterfly at all
+(docs/BENCHMARKS.md, `bench/field.py`). Its threshold, a rank, carries from the fold heads to the
+real head: each head's ranks are measured against its own validation images. (Logit and energy
+scales differ from head to head, so their fold thresholds would not carry.) The bank, 20
+training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json (`runtime.model_folder.BANK_FILE`),
+and the validation quantiles of both scores in trust.json (`ranks`): the app needs both.
 
 Beside trust.json, the step keeps what it predicted (`Predictions`, in trust.npz): the validation
 logits and each fold head's logits. An ensemble of backbones (`training.ensemble`) is calibrated
@@ -38,7 +44,7 @@ from training import calibration, unknown
 from training.finetune import batches
 from training.model import top
 
-SERVED_SCORE = "max_softmax"
+SERVED_SCORE = "+".join(unknown.COMBINED)  # "max_softmax+knn"
 HELD_OUT_SHARE = 0.2  # of the classes, left out in each fold (10 of 50)
 FOLDS = 5
 PREDICTIONS_FILE = "trust.npz"
@@ -108,26 +114,29 @@ def held_out_species(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarr
 
 
 def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-            valid_logits: np.ndarray, classes: int, seed: int) -> tuple[dict, Predictions]:
-    """The temperature, the served score's threshold and what every score did on held-out species
-    (trust.json), and the predictions they came from.
+            valid_logits: np.ndarray, classes: int, seed: int) -> tuple[dict, Predictions, np.ndarray]:
+    """The temperature, the served score's settings and threshold and what every score did on
+    held-out species (trust.json), the predictions they came from and the feature bank.
 
     `train` and `valid` are (pooled features, labels) of the plain training and validation images.
     With fewer than three classes no species can be held out: the threshold then answers 95% of
     the validation images, and nothing is said about unknown species.
     """
     temperature = calibration.fit_temperature(valid_logits, valid[1])
+    bank = unknown.FeatureBank.build(train[0], per_class=unknown.BANK_PER_CLASS, labels=train[1])
+    known = {"max_softmax": unknown.max_softmax(valid_logits, temperature), "knn": bank.score(valid[0])}
+    ranks = unknown.RankCombination.fit(known)
+    settings = {"temperature": temperature, "score": SERVED_SCORE, "k": bank.k,
+                "ranks": {name: quantiles.tolist() for name, quantiles in ranks.quantiles.items()}}
     held_out, folds = folds_for(classes)
     if folds < 1:
-        known = unknown.max_softmax(valid_logits, temperature)
-        return ({"temperature": temperature, "score": SERVED_SCORE,
-                 "threshold": unknown.threshold_at_tpr(known), "held_out": None, "scores": {}},
-                Predictions(valid_logits, []))
+        return ({**settings, "threshold": unknown.threshold_at_tpr(ranks.score(known)), "held_out": None, "scores": {}},
+                Predictions(valid_logits, []), bank.features)
     measured, fold_logits = held_out_species(train, valid, held_out, folds, seed)
     summary = unknown.summarise(measured)
-    return ({"temperature": temperature, "score": SERVED_SCORE, "threshold": summary[SERVED_SCORE]["threshold"],
+    return ({**settings, "threshold": summary[SERVED_SCORE]["threshold"],
              "held_out": {"classes_per_fold": held_out, "folds": folds}, "scores": summary},
-            Predictions(valid_logits, fold_logits))
+            Predictions(valid_logits, fold_logits), bank.features)
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -139,8 +148,9 @@ def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(probabilities, np.finfo(probabilities.dtype).tiny))
 
 
-def served_score(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """The served unknown score (`SERVED_SCORE`) of each row of a model's probabilities."""
+def max_softmax(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated max-softmax of each row of a model's probabilities: the unknown score of an
+    ensemble, whose members' features live in different spaces and share no feature bank."""
     return unknown.max_softmax(log_probabilities(probabilities), temperature)
 
 

@@ -38,12 +38,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.preprocessing import StandardScaler
 
+from runtime import answer
 from training import calibration
 
 TARGET_TPR = 0.95
 SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
-COMBINED = ("max_softmax", "knn")  # the rank combination tried beside the single scores, as "max_softmax+knn"
-BANK_PER_CLASS = 20  # the feature bank an app would ship: 20 training images per class
+COMBINED = ("max_softmax", "knn")  # the rank combination, as "max_softmax+knn": the score the app serves (`training.trust`)
+BANK_PER_CLASS = 20  # the feature bank the app ships: 20 training images per class
 
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -59,12 +60,6 @@ def max_logit(logits: np.ndarray) -> np.ndarray:
 def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """The negative free energy T * logsumexp(logits / T), per row: high for known inputs."""
     return temperature * logsumexp(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
-
-
-def normalised(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32), so a dot product is a cosine similarity."""
-    features = np.asarray(features, dtype=np.float32)
-    return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -83,12 +78,10 @@ class FeatureBank:
             rng = np.random.default_rng(seed)
             keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
             features = features[np.sort(keep)]
-        return cls(normalised(features).astype(np.float16), k)
+        return cls(answer.normalised(features).astype(np.float16), k)
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        similarity = normalised(features) @ self.features.T.astype(np.float32)
-        nearest = -np.partition(-similarity, self.k - 1, axis=-1)[..., :self.k]
-        return nearest.mean(axis=-1)
+        return answer.knn(features, self.features, self.k)  # the app's own kNN
 
 
 @dataclass
@@ -135,9 +128,7 @@ class RankCombination:
         return cls({name: np.quantile(scores, levels) for name, scores in known.items()})
 
     def score(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        levels = np.linspace(0, 1, self.QUANTILES)
-        ranks = [np.interp(scores[name], reference, levels) for name, reference in self.quantiles.items()]
-        return np.mean(ranks, axis=0)
+        return np.mean([answer.rank(scores[name], reference) for name, reference in self.quantiles.items()], axis=0)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:

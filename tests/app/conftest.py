@@ -5,9 +5,10 @@ Keras CNNs with a CAM head, exported by Keras' own LiteRT exporter (`tiny_models
 tested against the same kind of file the pipeline produces. To test against the real pipeline
 instead, make it call the pipeline's exporter and return that root.
 
-Each card's unknown threshold is measured as the exporter measures one, on real scores: here the
-median score of the fixture's photos (`photos.PHOTOS`), so that about half of them get an answer and
-the others "Not sure".
+Each card serves the pipeline's unknown score, max-softmax+kNN, measured as the trust step
+measures one, on real scores: a feature bank of the model's features of a few random images, the
+ranks of the fixture's photos (`photos.PHOTOS`) as the validation images, and a threshold at
+their median score, so that about half of them get an answer and the others "Not sure".
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from tiny_models import model_card, write_model_folder, write_test_results
 
 from app.inference import Classifier, find_models
 from runtime import second_look
-from runtime.answer import Answer, answer, logits
-from runtime.model_folder import CARD_FILE, MODEL_FILE, SAMPLES_FOLDER
+from runtime.answer import Answer, answer, knn, logits, normalised, photo_score, unknown_score
+from runtime.litert import LiteRTModel
+from runtime.model_folder import BANK_FILE, CARD_FILE, FEATURES, MODEL_FILE, OUTPUTS, SAMPLES_FOLDER
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longwing"]
@@ -35,6 +37,7 @@ LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longw
 # Two models whose cards disagree on accuracy, so that the app's default (best test top-1) is
 # not simply the first folder.
 MODELS = {"tiny_a": {"seed": 1, "top1": 0.80}, "tiny_b": {"seed": 2, "top1": 0.90}}
+K = 3  # the cards' kNN: mean similarity to the 3 nearest of the bank
 
 
 @pytest.fixture(scope="session")
@@ -95,16 +98,16 @@ def answer_with_second_look(classifier: Classifier, name: str, data: bytes) -> A
     """The answer for a photo with the second look, computed with `runtime.second_look.look` itself."""
     image = second_look.decode(data, classifier.input_size, name)
     look = second_look.look(image, classifier.outputs, classifier.input_size)
-    return answer(logits(*(outputs for outputs in (look.full, look.crop) if outputs is not None)), classifier.card)
+    return answer(look.passes, classifier.card, classifier.bank)
 
 
 def build_model_root(root: Path) -> Path:
-    """Export the tiny models into `root`, with labels, cards, samples and comparison files."""
+    """Export the tiny models into `root`, with labels, cards, feature banks, samples and comparison files."""
     rows = []
     for name, spec in MODELS.items():
         card = model_card(LABELS, f"tiny_cnn_{name[-1]}", spec["top1"])
         folder = write_model_folder(root / name, LABELS, card, spec["seed"])
-        card["unknown"]["threshold"] = median_score(Classifier(folder))
+        card["unknown"] = served_unknown(folder, card["unknown"]["temperature"], spec["seed"])
         (folder / CARD_FILE).write_text(json.dumps(card, indent=2))
         write_test_results(folder, LABELS, spec["seed"])
         rows.append({"backbone": card["backbone"], **card["litert_metrics"], "params_total": 1000, "size_mb": 0.01,
@@ -117,9 +120,23 @@ def build_model_root(root: Path) -> Path:
     return root
 
 
-def median_score(classifier: Classifier) -> float:
-    """The median unknown score of the fixture's photos: a threshold that answers about half of them."""
-    return float(np.median([answer_with_second_look(classifier, name, data).score for name, data in PHOTOS.items()]))
+def served_unknown(folder: Path, temperature: float, seed: int) -> dict:
+    """The card's max-softmax+kNN settings for the model in `folder`, whose feature bank (the
+    features of 12 random images) this writes: ranks of the fixture's photos, threshold at their median."""
+    model = LiteRTModel(folder / MODEL_FILE, (*OUTPUTS, FEATURES))
+    rng = np.random.default_rng(seed)
+    noise = [rng.integers(0, 256, size=(*model.input_size, 3)).astype(np.uint8) for _ in range(12)]
+    bank = normalised(np.stack([model(pixels)["features"] for pixels in noise])).astype(np.float16)
+    np.save(folder / BANK_FILE, bank)
+    looks = [second_look.look(second_look.decode(data, model.input_size, name), model, model.input_size).passes
+             for name, data in PHOTOS.items()]
+    confidence = [unknown_score(logits(*passes), "max_softmax", temperature) for passes in looks]
+    similarity = [np.mean(knn(np.stack([p["features"] for p in passes]), bank, K)) for passes in looks]
+    levels = np.linspace(0, 1, 201)
+    ranks = {"max_softmax": np.quantile(confidence, levels).tolist(), "knn": np.quantile(similarity, levels).tolist()}
+    unknown = {"score": "max_softmax+knn", "temperature": temperature, "k": K, "ranks": ranks}
+    scores = [photo_score(passes, unknown, bank) for passes in looks]
+    return {**unknown, "threshold": float(np.median(scores))}
 
 
 def write_samples(folder: Path) -> None:

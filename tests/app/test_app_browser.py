@@ -21,7 +21,7 @@ from photos import PHOTOS, encode, scene
 from playwright.sync_api import Page, expect, sync_playwright
 
 from runtime import second_look
-from runtime.answer import answer, logits
+from runtime.answer import answer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -162,5 +162,5 @@ def heading_for(classifier, data: bytes, edges: list[int]) -> str:
         box = (round(left * image.width / 100), round(top * image.height / 100),
                round(right * image.width / 100), round(bottom * image.height / 100))
     crop = classifier.outputs(second_look.pixels(image, classifier.input_size, box))
-    result = answer(logits(first.full, crop), classifier.card)
+    result = answer([first.full, crop], classifier.card, classifier.bank)
     return f"{result.label} ({result.confidence:.1%})" if result.sure else "Not sure"

@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.inference import Classifier, find_models, find_samples
 from runtime import second_look
-from runtime.answer import answer, logits
+from runtime.answer import answer
 from runtime.model_folder import CONFUSION_FILE, METRICS_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_moving_the_crop_changes_what_is_classified(app: AppTest, default_model:
     y_edges.set_value((50, 100)).run()
     box = (0, round(image.height / 2), round(image.width / 2), image.height)
     crop = default_model.outputs(second_look.pixels(image, default_model.input_size, box))
-    expected = answer(logits(first.full, crop), default_model.card)
+    expected = answer([first.full, crop], default_model.card, default_model.bank)
     assert not app.exception
     assert bar_chart_rows(app) == [(label, pytest.approx(probability)) for label, probability in expected.could_be]
     assert bar_chart_rows(app) != before
