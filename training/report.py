@@ -78,7 +78,9 @@ def comparison_markdown(rows: list[dict], field_set: FieldSet | None = None) -> 
     warning = f"\n**{STAND_IN_LABEL}**: {', '.join(stand_ins)}\n" if stand_ins else ""
     notes = ("\nECE: expected calibration error on the test split, as trained (after temperature scaling). "
              "Unknown: species held out of training (leave-species-out) told apart from known ones by the "
-             "calibrated top probability; FPR@95: the share of them still answered when 95% of known images are. "
+             "served unknown score (calibrated top probability and kNN similarity to the feature bank, their "
+             "ranks averaged; the ensemble's: the calibrated top probability); FPR@95: the share of them still "
+             "answered when 95% of known images are. "
              + field_note(field_set) + "\n")
     if any(r["ensemble"] for r in rows):
         notes += ("\nEnsemble: the backbones above, their probabilities averaged; its temperature is fitted on their "
@@ -94,7 +96,7 @@ def field_note(field_set: FieldSet | None) -> str:
         return "Field columns: – without a field set (--field-data DIR --field-map FILE)."
     return (f"Field: {field_set.summary()}, never trained on, each answered as the app answers it (the "
             "whole photo and a second look at the crop around its evidence); top-1 on the known species' photos; "
-            "unknown: its unknown species' photos told apart from the known ones by the calibrated top probability; "
+            "unknown: its unknown species' photos told apart from the known ones by the served unknown score; "
             "at the \"not sure\" threshold (chosen on held-out species): the share of known photos answered, of "
             "those answers right, and of unknown photos answered \"not sure\".")
 
