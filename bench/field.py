@@ -71,9 +71,9 @@ FOLDS, HELD_OUT = 5, 10
 BANK_PER_CLASS = unknown.BANK_PER_CLASS
 SERVED_SCORE = "+".join(unknown.COMBINED)  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
 BESIDE = "max_softmax"  # the score served before max-softmax+kNN, measured at its own held-out threshold too
-EVALUATED_FORMAT = "5"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
+EVALUATED_FORMAT = "6"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
 # 3: a second score at its threshold too; 4: those shares by `training.field.at_threshold`; 5: max-softmax+kNN
-# served, and the background crops
+# served, and the background crops; 6: the kNN's time
 
 
 def log(message: str) -> None:
@@ -374,6 +374,17 @@ def field_pass(model: Model, head: unknown.LinearHead, scorer: unknown.Scorer,
     return results
 
 
+def knn_ms(bank: unknown.FeatureBank, passes: dict[str, list]) -> float:
+    """The median time of the served score's kNN for one photo (both passes against the bank), in ms."""
+    timings = []
+    for full, second in zip(passes["full"], passes["second"]):
+        features = np.stack([full["pooled"], second["pooled"]])
+        start = time.perf_counter()
+        bank.score(features)
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings) * 1000)
+
+
 def background_box(mask: np.ndarray) -> second_look.Box | None:
     """A square of the photo without its butterfly (under 1% of it in the mask): the largest of
     60%, 50%, 40% or a third of the short side, on a 5x5 grid of positions; None if there is none.
@@ -471,6 +482,7 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     result["cropped"] = float(np.mean(passes["cropped"]))
     result["first_ms"] = float(np.median(passes["first_s"]) * 1000)
     result["total_ms"] = float(np.median(passes["total_s"]) * 1000)
+    result["knn_ms"] = knn_ms(scorer.bank, passes)
     channels = train[0].shape[1]
     result["bank_mb"] = BANK_PER_CLASS * len(np.unique(train[1])) * channels * 2 / 1e6
     log(f"  {json.dumps({k: v for k, v in result.items() if k not in ('species_out',)}, default=str)[:600]}")
@@ -545,7 +557,9 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
                          f"{percent(first['background_not_sure'])} / {percent(second['background_not_sure'])} |")
     lines.append(f"\nLatency: decode (draft at {second_look.DECODE_SCALE}x the input) + LiteRT feature map + numpy head, "
                  f"2 threads, on a shared 2-core machine under other load; the second column includes the crop's pass "
-                 f"when one is taken. A feature bank of {BANK_PER_CLASS} per class costs "
+                 f"when one is taken; the served score's kNN (both passes against the feature bank) adds a median of "
+                 + ", ".join(f"{r['knn_ms']:.1f} ms ({r['model']})" for r in results[-1:]) + ". "
+                 f"A feature bank of {BANK_PER_CLASS} per class costs "
                  + ", ".join(f"{r['bank_mb']:.1f} MB ({r['model']})" for r in results[:1]) + " as float16.")
     return "\n".join(lines)
 

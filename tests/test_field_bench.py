@@ -98,6 +98,7 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert 0 < result["threshold"] < 1  # the served rank combination, set on the folds (no card: a frozen pilot)
     section = field.report([], [result], "bench/field.py")
     assert "| colours |" in section and "max_softmax+knn (served)" in section
+    assert result["knn_ms"] > 0 and f"adds a median of {result['knn_ms']:.1f} ms (colours)" in section
     assert result["backgrounds"] == len(photos)  # each photo has a square without its small square 'butterfly'
     for look in ("first", "second"):  # the served score and the one served before, each at its own threshold
         assert set(result[look]["at_threshold"]) == {"max_softmax", "max_softmax+knn"}
