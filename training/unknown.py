@@ -66,7 +66,7 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 class FeatureBank:
     """Unit-length training features; a photo's score is its mean cosine similarity to the `k` nearest."""
 
-    features: np.ndarray  # (n, d), unit rows; float16 halves what the app must hold
+    features: np.ndarray  # (n, d), unit rows; float16 halves the model folder's file (the app holds float32)
     k: int = 5
 
     @classmethod
