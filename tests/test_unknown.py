@@ -58,6 +58,14 @@ def test_bank_keeps_per_class_samples():
     assert np.allclose(np.linalg.norm(bank.features.astype(np.float32), axis=1), 1, atol=1e-3)
 
 
+def test_a_bank_smaller_than_k_averages_all_it_has():
+    """Two classes of two images: the bank holds four features, fewer than the k of 5."""
+    features = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]])
+    bank = unknown.FeatureBank.build(features, per_class=20, labels=np.array([0, 0, 1, 1]))
+    assert bank.k == 4
+    assert bank.score(np.array([[1.0, 0.0]])) == pytest.approx([(1.0 + 0.8 + 0.0 + 0.6) / 4], abs=1e-3)
+
+
 def test_rank_combination_puts_scores_on_one_scale():
     known = {"a": np.linspace(0, 1, 101), "b": np.linspace(100, 200, 101)}
     combination = unknown.RankCombination.fit(known)

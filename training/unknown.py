@@ -73,12 +73,12 @@ class FeatureBank:
     def build(cls, features: np.ndarray, k: int = 5, per_class: int | None = None,
               labels: np.ndarray | None = None, seed: int = 0) -> FeatureBank:
         """A bank of `features`, or of at most `per_class` of them per class (chosen at random,
-        seeded) to keep it small for serving."""
+        seeded) to keep it small for serving; a bank smaller than `k` averages all it holds."""
         if per_class is not None:
             rng = np.random.default_rng(seed)
             keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)])
             features = features[np.sort(keep)]
-        return cls(answer.normalised(features).astype(np.float16), k)
+        return cls(answer.normalised(features).astype(np.float16), min(k, len(features)))
 
     def score(self, features: np.ndarray) -> np.ndarray:
         return answer.knn(features, self.features, self.k)  # the app's own kNN
