@@ -95,12 +95,13 @@ def load(folder: Path, num_threads: int | None = 2) -> ModelFolder:
     needs_bank = isinstance(card.get("unknown"), dict) and card["unknown"].get("score") in NEEDS_BANK
     model = LiteRTModel(folder / MODEL_FILE, (*OUTPUTS, FEATURES) if needs_bank else OUTPUTS, num_threads)
     check_consistent(folder, labels, card, model)
-    bank = read_bank(folder, model.output_shapes[FEATURES][-1]) if needs_bank else None
+    bank = read_bank(folder, model.output_shapes[FEATURES][-1], card["unknown"]["k"]) if needs_bank else None
     return ModelFolder(labels, card, model, bank)
 
 
-def read_bank(folder: Path, channels: int) -> np.ndarray:
-    """The feature bank as float32 (the app multiplies by it on every photo), checked against the model."""
+def read_bank(folder: Path, channels: int, k: int) -> np.ndarray:
+    """The feature bank as float32 (the app multiplies by it on every photo), checked against the
+    model and the card's k."""
     path = folder / BANK_FILE
     try:
         bank = np.load(path, allow_pickle=False)
@@ -108,8 +109,9 @@ def read_bank(folder: Path, channels: int) -> np.ndarray:
         raise ModelError(f"{folder}: {BANK_FILE} is missing; {CARD_FILE}'s unknown score needs it") from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot be read as a NumPy array ({error})") from None
-    if bank.ndim != 2 or bank.shape[1] != channels or len(bank) == 0:
-        raise ModelError(f"{path}: expected (images, {channels}) features, found shape {list(bank.shape)}")
+    if bank.ndim != 2 or bank.shape[1] != channels or len(bank) < k:
+        raise ModelError(f"{path}: expected (images, {channels}) features with at least k = {k} images, "
+                         f"found shape {list(bank.shape)}")
     return bank.astype(np.float32)
 
 

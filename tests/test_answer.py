@@ -174,7 +174,8 @@ def test_a_folder_serving_knn_loads_its_bank_and_answers_with_it(exported: Path,
 
 @pytest.mark.parametrize(("bank", "problem"), [
     (None, "feature_bank.npy is missing; model_card.json's unknown score needs it"),
-    (np.ones((5, 3), dtype=np.float16), r"expected \(images, 8\) features, found shape \[5, 3\]"),
+    (np.ones((5, 3), dtype=np.float16), r"expected \(images, 8\) features with at least k = 2 images, found shape \[5, 3\]"),
+    (np.ones((1, 8), dtype=np.float16), r"with at least k = 2 images, found shape \[1, 8\]"),
 ])
 def test_a_folder_serving_knn_without_a_usable_bank_is_refused_at_load(exported: Path, tmp_path: Path, bank, problem) -> None:
     with pytest.raises(ModelError, match=problem):
