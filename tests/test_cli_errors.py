@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,8 @@ ROWS = [  # (arguments, phrase the error names)
     (["predict", "--model", "{model}", "{data}", "--output", "{data}"], "--output {data}: is a folder; expected a file name"),
     (["predict", "--model", "{model}", "{data}", "--output", "{unwritable}/out.csv"], "cannot write in {unwritable}"),
     # export: the source folder, --run/--best, --out.
+    (["predict", "--model", "{knn_model}", "{image}"], "--model {knn_model}: no feature_bank.npy here"),
+    (["export", "--model", "{knn_model}"], "--model {knn_model}: no feature_bank.npy here"),
     (["export", "--model", "{tmp}"], "--model {tmp}: no metrics.json here"),
     (["export", "--run", "{tmp}"], "--run needs --best"),
     (["export", "--model", "{model}", "--best"], "--best goes with --run"),
@@ -130,6 +133,8 @@ def places(tmp_path) -> dict[str, Path]:
         (model / name).write_text("{}")
     (model / "labels.json").write_text(json.dumps(["blue triangle", "green square", "red circle"]))
     (tmp_path / "run" / "run.json").write_text("{}")
+    knn_model = shutil.copytree(model, tmp_path / "run" / "knn_model")  # serves max-softmax+kNN, bank missing
+    (knn_model / "trust.json").write_text(json.dumps({"score": "max_softmax+knn"}))
     (tmp_path / "afile").write_text("not a folder")
     (tmp_path / "runs" / "old" / "vgg16").mkdir(parents=True)  # an earlier run, at another image size
     (tmp_path / "runs" / "old" / "vgg16" / "config.json").write_text(json.dumps({"backbone": "vgg16", "input_size": [64, 64]}))
@@ -139,7 +144,7 @@ def places(tmp_path) -> dict[str, Path]:
     (tmp_path / "field_map.json").write_text(json.dumps({"a": "red circle", "b": None}))
     return {"tmp": tmp_path, "data": tmp_path / "data", "one_class": tmp_path / "one_class",
             "field": tmp_path / "field", "field_map": tmp_path / "field_map.json",
-            "small_pool": tmp_path / "small_pool" / "train", "model": model, "file": tmp_path / "afile",
+            "small_pool": tmp_path / "small_pool" / "train", "model": model, "knn_model": knn_model, "file": tmp_path / "afile",
             "image": tmp_path / "data" / "test" / "red circle" / "0.jpg"}
 
 

@@ -130,7 +130,7 @@ def check_options(args: argparse.Namespace) -> None:
         args.plan = make_plan(args.config_loaded)
     elif args.command == "predict":
         model_file(args.model, "model.keras", "--model")
-        model_file(args.model, "trust.json", "--model")  # the "not sure" threshold (training.trust)
+        bank_file(args.model, model_file(args.model, "trust.json", "--model"))  # the "not sure" settings (training.trust)
         classes = read_json_option(model_file(args.model, "labels.json", "--model"), "--model")
         if args.top_k is None:
             args.top_k = min(5, len(classes))
@@ -154,6 +154,7 @@ def check_options(args: argparse.Namespace) -> None:
         else:
             for name in ("metrics.json", "model.keras", "labels.json", "trust.json", "../run.json"):
                 model_file(args.model, name, "--model")
+            bank_file(args.model, Path(args.model) / "trust.json")
         check_writable(args.out or "saved_models/deploy", "--out")
     elif args.command == "stand-in-weights":
         if not 0 <= args.seed < 2**32:
@@ -184,6 +185,16 @@ def model_file(folder: str, name: str, option: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"{option} {folder}: no {name} here; expected a folder written by `python -m training compare`")
     return path
+
+
+def bank_file(folder: str, trust: Path) -> None:
+    """Refuse a backbone folder whose unknown score (trust.json) reads a feature bank it lacks."""
+    from runtime.answer import NEEDS_BANK
+    from runtime.model_folder import BANK_FILE
+
+    settings = read_json_option(trust, "--model")
+    if isinstance(settings, dict) and settings.get("score") in NEEDS_BANK:
+        model_file(folder, BANK_FILE, "--model")
 
 
 def read_json_option(path: str | Path, option: str) -> Any:
