@@ -299,7 +299,8 @@ class BackboneRun:
         path = self.folder / f"field-looks-{field_set.fingerprint()}.npz"
         if not path.is_file():
             served = with_class_maps(self.classifier)
-            settings, bank = self.served_settings()
+            settings = self.served_settings()
+            bank = np.load(self.folder / BANK_FILE) if settings and settings["score"] in answer.NEEDS_BANK else None
 
             def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
                 outputs = served.predict_on_batch(pixels[None].astype("float32"))
@@ -310,20 +311,17 @@ class BackboneRun:
         with np.load(path) as saved:
             return saved["probabilities"], saved.get("scores")
 
-    def served_settings(self) -> tuple[dict | None, np.ndarray | None]:
-        """What the app would score with (`answer.served` of trust.json) and the feature bank, or
-        (None, None) for a backbone trained before trust.json."""
-        if not (self.folder / "trust.json").is_file():
-            return None, None
-        settings = answer.served(read_json(self.folder / "trust.json"))
-        bank = self.folder / BANK_FILE
-        return settings, (np.load(bank) if settings["score"] in answer.NEEDS_BANK else None)
+    def served_settings(self) -> dict | None:
+        """What the app would score with (`answer.served` of trust.json), or None for a backbone
+        trained before trust.json."""
+        measured = self.folder / "trust.json"
+        return answer.served(read_json(measured)) if measured.is_file() else None
 
     def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray,
                       scores: np.ndarray | None) -> dict[str, float | None]:
         """This backbone's field columns; the unknown and answer ones from the served `scores` at
         trust.json's threshold (empty for a backbone trained before trust.json)."""
-        settings, _ = self.served_settings()
+        settings = self.served_settings()
         columns = field.measure(field_set, probabilities, scores, settings and settings["threshold"])
         print(f"  field set, as the app answers: top-1 {columns['field_top1']:.3f}" + (
             "" if columns["field_unknown_auroc"] is None else
