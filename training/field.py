@@ -19,8 +19,8 @@ one implementation), logits averaged, scored as the app scores them. From those 
 (`measure`): top-1 on the known species' photos; how the served unknown score tells the unknown
 species' photos from the known ones (AUROC, FPR@95TPR); and at the model card's "not sure"
 threshold, the share of known photos answered, the share of those answers that are right, and
-the share of unknown photos answered "not sure". The field set never chooses anything: thresholds and temperatures come from the
-training data alone.
+the share of unknown photos answered "not sure". The field set never chooses anything:
+thresholds and temperatures come from the training data alone.
 
 TensorFlow-free (the model comes in as a callable): bench/field.py reads leeds-field through
 `read` too.
