@@ -23,8 +23,9 @@ share of known ones, and on field photos it also separates photos that show no b
 (docs/BENCHMARKS.md, `bench/field.py`). Its threshold, a rank, carries from the fold heads to the
 real head: each head's ranks are measured against its own validation images. (Logit and energy
 scales differ from head to head, so their fold thresholds would not carry.) The bank, 20
-training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json (`runtime.model_folder.BANK_FILE`),
-and the validation quantiles of both scores in trust.json (`ranks`): the app needs both.
+training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json
+(`runtime.model_folder.BANK_FILE`), and the validation quantiles of both scores in trust.json
+(`ranks`): the app needs both.
 
 Beside trust.json, the step keeps what it predicted (`Predictions`, in trust.npz): the validation
 logits and each fold head's logits. An ensemble of backbones (`training.ensemble`) is calibrated
