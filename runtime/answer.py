@@ -67,10 +67,10 @@ def logits(*passes: Outputs) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """The probabilities of `logits / temperature` (along the last axis), computed without overflow."""
+    """The probabilities of `logits / temperature`, computed without overflow."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature
-    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-    return exp / exp.sum(axis=-1, keepdims=True)
+    exp = np.exp(scaled - scaled.max())
+    return exp / exp.sum()
 
 
 def normalised(features: np.ndarray) -> np.ndarray:

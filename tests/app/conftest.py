@@ -30,6 +30,7 @@ from runtime import second_look
 from runtime.answer import Answer, answer, knn, logits, normalised, photo_score, unknown_score
 from runtime.litert import LiteRTModel
 from runtime.model_folder import BANK_FILE, CARD_FILE, FEATURES, MODEL_FILE, OUTPUTS, SAMPLES_FOLDER
+from training.unknown import RankCombination
 
 APP_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 LABELS = ["admiral", "monarch", "morpho", "peacock", "swallowtail", "zebra longwing"]
@@ -132,9 +133,9 @@ def served_unknown(folder: Path, temperature: float, seed: int) -> dict:
              for name, data in PHOTOS.items()]
     confidence = [unknown_score(logits(*passes), "max_softmax", temperature) for passes in looks]
     similarity = [np.mean(knn(np.stack([p["features"] for p in passes]), bank, K)) for passes in looks]
-    levels = np.linspace(0, 1, 201)
-    ranks = {"max_softmax": np.quantile(confidence, levels).tolist(), "knn": np.quantile(similarity, levels).tolist()}
-    unknown = {"score": "max_softmax+knn", "temperature": temperature, "k": K, "ranks": ranks}
+    ranks = RankCombination.fit({"max_softmax": np.array(confidence), "knn": np.array(similarity)}).quantiles
+    unknown = {"score": "max_softmax+knn", "temperature": temperature, "k": K,
+               "ranks": {name: quantiles.tolist() for name, quantiles in ranks.items()}}
     scores = [photo_score(passes, unknown, bank) for passes in looks]
     return {**unknown, "threshold": float(np.median(scores))}
 
