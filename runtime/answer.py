@@ -32,7 +32,7 @@ import numpy as np
 TOP_K = 5  # how many classes "could be" lists
 
 # The unknown scores a card may name, higher = more likely known. The first three read the logits
-# and the temperature only; "max_softmax+knn" also needs the passes' features and the feature bank.
+# and the temperature only; "max_softmax+knn" also needs the photo's features and the feature bank.
 SCORES = ("max_softmax", "max_logit", "energy", "max_softmax+knn")
 NEEDS_BANK = ("max_softmax+knn",)
 SETTINGS = ("score", "temperature", "threshold", "k", "ranks")  # a card's `unknown` keys (k and ranks: for the bank)
@@ -110,32 +110,37 @@ def unknown_score(logits: np.ndarray, score: str, temperature: float) -> float:
     raise ValueError(f"unknown score {score!r}: expected one of {', '.join(SCORES)}")
 
 
-def photo_score(passes: Sequence[Outputs], unknown: Mapping[str, Any], bank: np.ndarray | None = None) -> float:
-    """The card's unknown score of a photo seen in `passes` (one, or two with the second look).
+def photo_score(whole: Outputs, unknown: Mapping[str, Any], bank: np.ndarray | None = None) -> float:
+    """The card's unknown score of a photo, read from its first pass (`whole`: the whole photo).
 
-    The logit scores read the passes' averaged logits. "max_softmax+knn" averages the rank of
-    that max-softmax with the rank of the passes' mean kNN similarity: each pass's features are
-    compared with the bank on their own, as the validation images that set the ranks and the
-    threshold were (averaging features first would make them smoother than any one image's).
+    Whether to answer is decided on the whole photo, as the validation images that set the card's
+    ranks and threshold were seen; the second look only refines which species (`answer`). A crop
+    around the evidence is not like any image the threshold was set on: scored on both passes,
+    butterflies50's own clean validation and test images were answered far less often than the
+    threshold promises (docs/BENCHMARKS.md, `bench/field.py`).
+
+    The logit scores read the photo's logits. "max_softmax+knn" averages the rank of its
+    max-softmax with the rank of its kNN similarity to the bank.
     """
-    averaged = logits(*passes)
+    photo_logits = logits(whole)
     if unknown["score"] not in NEEDS_BANK:
-        return unknown_score(averaged, unknown["score"], unknown["temperature"])
+        return unknown_score(photo_logits, unknown["score"], unknown["temperature"])
     if bank is None:
         raise ValueError(f"the unknown score {unknown['score']!r} needs the model's feature bank")
-    similarity = float(np.mean(knn(np.stack([p["features"] for p in passes]), bank, unknown["k"])))
-    confidence = unknown_score(averaged, "max_softmax", unknown["temperature"])
+    similarity = float(knn(whole["features"], bank, unknown["k"]))
+    confidence = unknown_score(photo_logits, "max_softmax", unknown["temperature"])
     ranks = unknown["ranks"]
     return float((rank(confidence, ranks["max_softmax"]) + rank(similarity, ranks["knn"])) / 2)
 
 
 def answer(passes: Sequence[Outputs], card: Mapping[str, Any], bank: np.ndarray | None = None) -> Answer:
-    """The answer for a photo seen in `passes`, by the card's classes and `unknown` settings
-    (`bank`: the model folder's feature bank, for a score that needs it)."""
+    """The answer for a photo seen in `passes` (the whole photo first), by the card's classes and
+    `unknown` settings (`bank`: the model folder's feature bank, for a score that needs it): the
+    probabilities of the passes' averaged logits, the unknown score of the whole photo."""
     unknown = card["unknown"]
     probabilities = softmax(logits(*passes), unknown["temperature"])
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
     could_be = [(card["classes"][index], float(probabilities[index])) for index in order]
-    score = photo_score(passes, unknown, bank)
+    score = photo_score(passes[0], unknown, bank)
     label, confidence = could_be[0]
     return Answer(sure=score >= unknown["threshold"], label=label, confidence=confidence, could_be=could_be, score=score)

@@ -70,30 +70,33 @@ def predict(folder: Path, paths: list[Path]) -> np.ndarray:
     return model(pixels, training=False).numpy()
 
 
-def app_answers(folder: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    """A trained backbone folder's saved model run by hand on `paths` as the app answers a photo:
-    the photo decoded for a crop, looked at whole and at the crop around its evidence
-    (`runtime.second_look`), the passes' logits averaged; the probabilities of those logits, and
-    the served unknown score of each photo (`runtime.answer.photo_score` by trust.json, with the
-    folder's feature bank)."""
+def app_looks(folder: Path, paths: list[Path]) -> list[second_look.Look]:
+    """A trained backbone folder's saved model run by hand on `paths` as the app looks at a photo:
+    decoded for a crop, looked at whole and at the crop around its evidence (`runtime.second_look`)."""
     import keras
 
     from training.model import with_class_maps
 
     served = with_class_maps(keras.models.load_model(folder / "model.keras", compile=False))
     size = tuple(served.input.shape[1:3])
-    settings = answer.served(json.loads((folder / "trust.json").read_text()))
-    bank = np.load(folder / BANK_FILE)
 
     def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
         return {name: value[0].numpy() for name, value in served(pixels[None].astype("float32"), training=False).items()}
 
+    return [second_look.look(second_look.decode(path, size), outputs, size) for path in paths]
+
+
+def app_answers(folder: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """As the app answers `paths` (`app_looks`): the probabilities of the passes' averaged logits,
+    and the served unknown score of each whole photo (`runtime.answer.photo_score` by trust.json,
+    with the folder's feature bank)."""
+    settings = answer.served(json.loads((folder / "trust.json").read_text()))
+    bank = np.load(folder / BANK_FILE)
     probabilities, scores = [], []
-    for path in paths:
-        look = second_look.look(second_look.decode(path, size), outputs, size)
+    for look in app_looks(folder, paths):
         logits = np.mean([passed["class_maps"].mean(axis=(0, 1)) for passed in look.passes], axis=0)
         probabilities.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
-        scores.append(answer.photo_score(look.passes, settings, bank))
+        scores.append(answer.photo_score(look.full, settings, bank))
     return np.array(probabilities), np.array(scores)
 
 

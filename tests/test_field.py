@@ -3,8 +3,10 @@
 A field set is measured on a finished run without retraining it (a copy of the session's
 `trained_run`), and its columns are checked against the saved model run by hand; the ensemble's
 arithmetic is checked on members whose predictions are made up, so that only the average gets
-every image right. (A real two-backbone run with a field set and its ensemble row, checked against
-both saved models: tests/test_cli_options.py, the `--field-data` row.)
+every image right. The trust step's temperature and ranks, and the table's ECE, are checked
+against the saved model run by hand on the split's images as the app sees them. (A real
+two-backbone run with a field set and its ensemble row, checked against both saved models:
+tests/test_cli_options.py, the `--field-data` row.)
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from field_sets import app_answers, field_photos, make_field_set
+from field_sets import app_answers, app_looks, field_photos, make_field_set
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from training import ensemble, field, trust
+from runtime import answer
+from training import calibration, ensemble, field, trust
 from training.config import ConfigError, load_config
 from training.evaluate import TEST_PREDICTIONS
 from training.folder import ImageFolder, Sample
@@ -160,6 +163,59 @@ def member(name: str, test: list[list[float]], fold: list[list[float]], known_la
     cost = {key: row.get(key, 1) for key in ensemble.SUMMED}
     return ensemble.Member({"backbone": name, **cost, "stand_in_weights": row.get("stand_in_weights", False)},
                            np.array(test), trust.Predictions(logits, folds), np.array(field_probabilities))
+
+
+def split_images(dataset: Path, split: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    folders = [folder for folder in sorted((dataset / split).iterdir()) if folder.is_dir()]
+    paths = [path for folder in folders for path in sorted(folder.iterdir())]
+    return paths, np.array([classes.index(path.parent.name) for path in paths])
+
+
+def test_the_trust_step_calibrates_what_the_app_shows(trained_run, tiny_dataset):
+    """The temperature is fitted on the validation images as the app sees them, the served score's
+    ranks on their whole-image pass, and the table's ECE after scaling is that of the test images
+    as a visitor is shown them. (At 32x32 VGG16's class map is one cell, so no crop is taken here:
+    `test_trust_fits_the_temperature_on_both_passes_and_the_ranks_on_the_whole_image` has two.)"""
+    folder = trained_run / "vgg16"
+    classes = json.loads((folder / "labels.json").read_text())
+    measured = json.loads((folder / "trust.json").read_text())
+    paths, labels = split_images(tiny_dataset, "valid", classes)
+    looks = app_looks(folder, paths)
+    both = np.stack([answer.logits(*look.passes) for look in looks])
+    assert measured["temperature"] == pytest.approx(calibration.fit_temperature(both, labels), rel=1e-3)
+    bank = np.load(folder / "feature_bank.npy")
+    similarity = [answer.knn(look.full["features"], bank, measured["k"]) for look in looks]
+    levels = np.linspace(0, 1, len(measured["ranks"]["knn"]))
+    assert measured["ranks"]["knn"] == pytest.approx(np.quantile(similarity, levels), abs=1e-5)
+
+    paths, labels = split_images(tiny_dataset, "test", classes)
+    shown = calibration.scaled_probabilities(np.stack([answer.logits(*look.passes) for look in app_looks(folder, paths)]),
+                                             measured["temperature"])
+    summary = json.loads((folder / "metrics.json").read_text())["summary"]
+    assert summary["ece_scaled"] == pytest.approx(calibration.expected_calibration_error(shown, labels), abs=1e-4)
+
+
+def test_trust_fits_the_temperature_on_both_passes_and_the_ranks_on_the_whole_image():
+    """Averaged with a crop's, the logits are less peaked than the whole image's: the temperature
+    that calibrates them is the one served, and it is not the whole image's."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 1, (3, 8))
+
+    def split(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.arange(count) % 3
+        return (centres[labels] + rng.normal(0, 0.3, (count, 8))).astype(np.float32), labels
+
+    train, valid = split(60), split(30)
+    logits = 4 * valid[0] @ centres.T + rng.normal(0, 1, (30, 3))
+    seen = trust.Seen(whole_logits=logits, whole_features=valid[0] + 0.1, logits=logits / 2)
+    measured, _, bank = trust.measure(train, valid, logits, seen, classes=3, seed=0)
+    assert measured["temperature"] == pytest.approx(calibration.fit_temperature(logits / 2, valid[1]))
+    assert measured["temperature"] != pytest.approx(calibration.fit_temperature(logits, valid[1]), rel=0.1)
+    levels = np.linspace(0, 1, len(measured["ranks"]["knn"]))
+    confidence = calibration.scaled_probabilities(logits, measured["temperature"]).max(axis=1)
+    assert measured["ranks"]["max_softmax"] == pytest.approx(np.quantile(confidence, levels))
+    similarity = answer.knn(valid[0] + 0.1, bank.astype(np.float32), measured["k"])
+    assert measured["ranks"]["knn"] == pytest.approx(np.quantile(similarity, levels), abs=1e-6)
 
 
 def test_the_ensemble_row_averages_its_members():

@@ -15,7 +15,7 @@ setting, the file and what is wrong.
 
 What `compare` measures on it is what the app would answer (`answers`): each photo classified
 whole and again at the crop around its evidence (`runtime.second_look`, the app's and `predict`'s
-one implementation), logits averaged, scored as the app scores them. From those answers
+one implementation), logits averaged, the whole photo scored as the app scores it. From those answers
 (`measure`): top-1 on the known species' photos; how the served unknown score tells the unknown
 species' photos from the known ones (AUROC, FPR@95TPR); and at the model card's "not sure"
 threshold, the share of known photos answered, the share of those answers that are right, and
@@ -153,14 +153,14 @@ def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple
     """The (photos, classes) probabilities the app would give the field photos, and given the
     card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: each
     photo decoded as the app decodes an upload, looked at twice (`second_look.look`), the passes'
-    logits averaged (`answer.logits`) and scored by `answer.photo_score`. The probabilities are
+    logits averaged (`answer.logits`), and the whole photo scored by `answer.photo_score`. The probabilities are
     untempered: an ensemble averages them before its own temperature."""
     probabilities, scores = [], []
     for photo in field_set.photos:
         look = second_look.look(second_look.decode(photo.path, input_size, str(photo.path)), predict, input_size)
         probabilities.append(answer.softmax(answer.logits(*look.passes)))
         if unknown is not None:
-            scores.append(answer.photo_score(look.passes, unknown, bank))
+            scores.append(answer.photo_score(look.full, unknown, bank))
     return np.array(probabilities, dtype=np.float32), (np.array(scores) if unknown is not None else None)
 
 

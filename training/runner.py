@@ -12,7 +12,7 @@
         <backbone>/trust.json         temperature, unknown score and "not sure" threshold (`training.trust`)
         <backbone>/feature_bank.npy   the training features the unknown score compares photos with
         <backbone>/trust.npz, test.npz   what the trust and evaluate steps predicted (for the ensemble)
-        <backbone>/field-looks-<fingerprint>.npz   its answers to a field set's photos and their
+        <backbone>/field-answers-<fingerprints>.npz   its answers to a field set's photos and their
                                       unknown scores, as the app gives them (`training.field`)
         <backbone>/confusion_matrix.{csv,png}, training_curves.png
         comparison.{md,csv,json,png}, dataset.png   (`training.report`; the ensemble row: `training.ensemble`)
@@ -37,6 +37,8 @@ or after a step records itself in `state.json` (tests/test_resume.py kills at ev
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import time
@@ -47,11 +49,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from runtime import answer
+from runtime import answer, second_look
 from runtime.model_folder import BANK_FILE, LABELS_FILE
 from training import ensemble, field, trust
 from training.artifacts import atomic_path, read_json, remove_orphans, write_json
 from training.backbones import Variant
+from training.calibration import scaled_probabilities
 from training.config import Config
 from training.dataset import image_dataset
 from training.evaluate import TEST_PREDICTIONS, latency_ms, metrics, write_confusion, write_curves
@@ -118,6 +121,11 @@ def write_arrays(path: Path, **arrays: np.ndarray) -> None:
     """Save named arrays as one .npz file, atomically (`training.artifacts`)."""
     with atomic_path(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, **arrays)
+
+
+def digest(settings: dict | None) -> str:
+    """A short hash of served settings (trust.json's), naming what was measured with them."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def kill_point(moment: str) -> None:
@@ -240,8 +248,9 @@ class BackboneRun:
         frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
         train_pooled, _ = pooled_and_logits(self.classifier, frozen_until, train.activations[:plain], batch_size)
         valid_pooled, valid_logits = pooled_and_logits(self.classifier, frozen_until, valid.activations, batch_size)
+        seen = trust.Seen.of(self.looks("valid"))
         measured, predictions, bank = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
-                                                    valid_logits, len(self.dataset.classes), self.config.seed)
+                                                    valid_logits, seen, len(self.dataset.classes), self.config.seed)
         write_arrays(self.folder / trust.PREDICTIONS_FILE, **predictions.arrays())
         with atomic_path(self.folder / BANK_FILE) as temporary, open(temporary, "wb") as file:
             np.save(file, bank)
@@ -280,7 +289,9 @@ class BackboneRun:
             "phase1_s": timing["phase1_s"], "phase2_s": timing["phase2_s"],
             "train_s": timing["phase1_s"] + timing["phase2_s"],
             "latency_ms": latency_ms(classifier, next(iter(test))[0].numpy()),
-            **trust.calibration_on_test(probabilities, labels, measured["temperature"]),
+            # Calibration of the probabilities the app shows: both passes of each test image.
+            **trust.calibration_on_test(scaled_probabilities(trust.Seen.of(self.looks("test")).logits), labels,
+                                        measured["temperature"]),
             # Held-out species (leave-species-out) by the served score; None below three classes.
             "unknown_auroc": served.get("auroc"), "unknown_fpr95": served.get("fpr95"),
             "stand_in_weights": is_stand_in(self.weights),  # random weights: accuracy meaningless
@@ -291,22 +302,36 @@ class BackboneRun:
 
     # After the steps: a field set, measured on the saved model (a finished run included).
 
+    def served_predict(self) -> second_look.Predict:
+        """The classifier as the app runs its exported model: one image in, its probabilities,
+        class maps and pooled features out (`training.model.with_class_maps`)."""
+        served = with_class_maps(self.classifier)
+
+        def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
+            outputs = served.predict_on_batch(pixels[None].astype("float32"))
+            return {name: value[0] for name, value in outputs.items()}
+
+        return predict
+
+    def looks(self, split: str) -> list[second_look.Look]:
+        """The split's images as the app sees an upload: decoded for a crop, looked at whole and
+        at the crop around the evidence (`runtime.second_look`)."""
+        predict, size = self.served_predict(), (self.variant.size, self.variant.size)
+        return [second_look.look(second_look.decode(sample.path, size, str(sample.path)), predict, size)
+                for sample in self.dataset.splits[split]]
+
     def field_answers(self, field_set: field.FieldSet) -> tuple[np.ndarray, np.ndarray | None]:
         """The trained classifier's answers to every field photo, as the app would give them (whole
         photo and second look, `field.answers`): probabilities, and unknown scores by the served
         settings of trust.json (None for a backbone trained by an older version, which lacks it).
-        Kept in field-looks-<fingerprint>.npz, so that a rerun, or another table, reads them there."""
-        path = self.folder / f"field-looks-{field_set.fingerprint()}.npz"
+        Kept under the set's fingerprint and trust.json's, so that a rerun, or another table, reads
+        them there, and a trust step done again measures them again."""
+        settings = self.served_settings()
+        path = self.folder / f"field-answers-{field_set.fingerprint()}-{digest(settings)}.npz"
         if not path.is_file():
-            served = with_class_maps(self.classifier)
-            settings = self.served_settings()
             bank = np.load(self.folder / BANK_FILE) if settings and settings["score"] in answer.NEEDS_BANK else None
-
-            def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
-                outputs = served.predict_on_batch(pixels[None].astype("float32"))
-                return {name: value[0] for name, value in outputs.items()}
-
-            probabilities, scores = field.answers(field_set, predict, (self.variant.size, self.variant.size), settings, bank)
+            size = (self.variant.size, self.variant.size)
+            probabilities, scores = field.answers(field_set, self.served_predict(), size, settings, bank)
             write_arrays(path, probabilities=probabilities, **({} if scores is None else {"scores": scores}))
         with np.load(path) as saved:
             return saved["probabilities"], saved.get("scores")

@@ -4,7 +4,10 @@ Two numbers travel with every model (`trust.json` in its folder, then the export
 and tell the app when to answer "not sure" (`runtime.answer`):
 
 - a *temperature* T fitted on the validation split (`training.calibration`), so that the
-  confidence shown, softmax(logits / T), means what it says;
+  confidence shown, softmax(logits / T), means what it says. It is fitted on the validation
+  images as the app sees them (`Seen`): decoded as an upload, looked at whole and at the crop
+  around the evidence (`runtime.second_look`), logits averaged. The average of two views is less
+  peaked than either, so a temperature fitted on one view would leave the shown confidence too low;
 - a *threshold* on the unknown score, chosen on species held out of training
   (`training.unknown.held_out_species`): k classes are left out, a linear head is refitted on the
   pooled features of the others, and the held-out species' images play the photos of species
@@ -22,7 +25,9 @@ averaged. On held-out species it answers fewer unknown images than max-softmax a
 share of known ones, and on field photos it also separates photos that show no butterfly at all
 (docs/BENCHMARKS.md, `bench/field.py`). Its threshold, a rank, carries from the fold heads to the
 real head: each head's ranks are measured against its own validation images. (Logit and energy
-scales differ from head to head, so their fold thresholds would not carry.) The bank, 20
+scales differ from head to head, so their fold thresholds would not carry.) The app scores the
+whole photo only (`runtime.answer.photo_score`), so the real head's ranks are measured on the
+validation images' first pass, as the app decodes them. The bank, 20
 training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json
 (`runtime.model_folder.BANK_FILE`), and the validation quantiles of both scores in trust.json
 (`ranks`): the app needs both.
@@ -41,6 +46,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from runtime import answer, second_look
 from training import calibration, unknown
 from training.finetune import batches
 from training.model import top
@@ -58,6 +64,21 @@ class FoldLogits:
     held_out: np.ndarray  # the classes left out
     logits: np.ndarray  # (queries, kept classes): the kept classes' validation images, then the held-out classes' images
     known_labels: np.ndarray  # the classes of the first queries (the known ones), numbered among the kept classes
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Images as the app sees them: what the temperature and the served score's ranks are fitted on."""
+
+    whole_logits: np.ndarray  # (images, classes): the first pass, on the whole image, which the unknown score reads
+    whole_features: np.ndarray  # (images, channels): its pooled features
+    logits: np.ndarray  # (images, classes): the passes' averaged logits, which the shown probabilities read
+
+    @classmethod
+    def of(cls, looks: list[second_look.Look]) -> Seen:
+        return cls(np.stack([answer.logits(look.full) for look in looks]),
+                   np.stack([look.full["features"] for look in looks]),
+                   np.stack([answer.logits(*look.passes) for look in looks]))
 
 
 @dataclass(frozen=True)
@@ -115,17 +136,19 @@ def held_out_species(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarr
 
 
 def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-            valid_logits: np.ndarray, classes: int, seed: int) -> tuple[dict, Predictions, np.ndarray]:
+            valid_logits: np.ndarray, seen: Seen, classes: int, seed: int) -> tuple[dict, Predictions, np.ndarray]:
     """The temperature, the served score's settings and threshold and what every score did on
     held-out species (trust.json), the predictions they came from and the feature bank.
 
-    `train` and `valid` are (pooled features, labels) of the plain training and validation images.
+    `train` and `valid` are (pooled features, labels) of the plain training and validation images
+    (cached, as the folds refit heads on them), `valid_logits` the classifier's logits for them,
+    and `seen` the validation images as the app sees them.
     With fewer than three classes no species can be held out: the threshold then answers 95% of
     the validation images, and nothing is said about unknown species.
     """
-    temperature = calibration.fit_temperature(valid_logits, valid[1])
+    temperature = calibration.fit_temperature(seen.logits, valid[1])
     bank = unknown.FeatureBank.build(train[0], per_class=unknown.BANK_PER_CLASS, labels=train[1])
-    known = {"max_softmax": unknown.max_softmax(valid_logits, temperature), "knn": bank.score(valid[0])}
+    known = {"max_softmax": unknown.max_softmax(seen.whole_logits, temperature), "knn": bank.score(seen.whole_features)}
     ranks = unknown.RankCombination.fit(known)
     settings = {"temperature": temperature, "score": SERVED_SCORE, "k": bank.k,
                 "ranks": {name: quantiles.tolist() for name, quantiles in ranks.quantiles.items()}}

@@ -131,12 +131,12 @@ def served_unknown(folder: Path, temperature: float, seed: int) -> dict:
     np.save(folder / BANK_FILE, bank)
     looks = [second_look.look(second_look.decode(data, model.input_size, name), model, model.input_size).passes
              for name, data in PHOTOS.items()]
-    confidence = [unknown_score(logits(*passes), "max_softmax", temperature) for passes in looks]
-    similarity = [np.mean(knn(np.stack([p["features"] for p in passes]), bank, K)) for passes in looks]
+    confidence = [unknown_score(logits(passes[0]), "max_softmax", temperature) for passes in looks]
+    similarity = [float(knn(passes[0]["features"], bank, K)) for passes in looks]
     ranks = RankCombination.fit({"max_softmax": np.array(confidence), "knn": np.array(similarity)}).quantiles
     unknown = {"score": "max_softmax+knn", "temperature": temperature, "k": K,
                "ranks": {name: quantiles.tolist() for name, quantiles in ranks.items()}}
-    scores = [photo_score(passes, unknown, bank) for passes in looks]
+    scores = [photo_score(passes[0], unknown, bank) for passes in looks]
     return {**unknown, "threshold": float(np.median(scores))}
 
 
