@@ -6,10 +6,10 @@ models that `python -m training export` wrote to the *model root*: `$MODEL_DIR`,
 repository root).
 
 Every photo gets a second look (`runtime.second_look`): the model classifies the whole photo,
-then a crop around where it found its evidence, and the answer comes from both. With one photo,
-the visitor sees that crop and can move it. The answer names a class only when the model card's
-unknown score says the model is sure enough (`runtime.answer`); otherwise it says "Not sure" and
-what it could be.
+then a crop around where it found its evidence, and the probabilities come from both. With one
+photo, the visitor sees that crop and can move it. The answer names a class only when the model
+card's unknown score of the whole photo says the model is sure enough (`runtime.answer`);
+otherwise it says "Not sure" and what it could be.
 
 Streamlit reruns this whole script on every click. Loading a model is the only slow step,
 so `st.cache_resource` does it once per process and shares the model between all visitors.

@@ -76,7 +76,8 @@ def comparison_markdown(rows: list[dict], field_set: FieldSet | None = None) -> 
     ]
     stand_ins = [r["backbone"] for r in rows if r["stand_in_weights"]]
     warning = f"\n**{STAND_IN_LABEL}**: {', '.join(stand_ins)}\n" if stand_ins else ""
-    notes = ("\nECE: expected calibration error on the test split, as trained (after temperature scaling). "
+    notes = ("\nECE: expected calibration error on the test split, as the app shows it (whole image and second "
+             "look averaged), as trained (after temperature scaling; the ensemble's: whole images). "
              "Unknown: species held out of training (leave-species-out) told apart from known ones by the "
              "served unknown score (calibrated top probability and kNN similarity to the feature bank, their "
              "ranks averaged; the ensemble's: the calibrated top probability); FPR@95: the share of them still "
@@ -96,7 +97,8 @@ def field_note(field_set: FieldSet | None) -> str:
         return "Field columns: – without a field set (--field-data DIR --field-map FILE)."
     return (f"Field: {field_set.summary()}, never trained on, each answered as the app answers it (the "
             "whole photo and a second look at the crop around its evidence); top-1 on the known species' photos; "
-            "unknown: its unknown species' photos told apart from the known ones by the served unknown score; "
+            "unknown: its unknown species' photos told apart from the known ones by the served unknown score "
+            "(of the whole photo); "
             "at the \"not sure\" threshold (chosen on held-out species): the share of known photos answered, of "
             "those answers right, and of unknown photos answered \"not sure\".")
 
