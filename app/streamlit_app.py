@@ -7,8 +7,9 @@ repository root).
 
 Every photo gets a second look (`runtime.second_look`): the model classifies the whole photo,
 then a crop around where it found its evidence, and the probabilities come from both. With one
-photo, the visitor sees that crop and can move it. The answer names a class only when the model
-card's unknown score of the whole photo says the model is sure enough (`runtime.answer`);
+photo, the visitor sees that crop and can move it to frame the subject: the part framed is then
+answered as a photo of its own. The answer names a class only when the model card's unknown
+score of the (whole or framed) photo says the model is sure enough (`runtime.answer`);
 otherwise it says "Not sure" and what it could be.
 
 Streamlit reruns this whole script on every click. Loading a model is the only slow step,
@@ -286,7 +287,8 @@ def crop_tool(image: Image.Image, suggested: second_look.Box, key: str) -> secon
     """
     width, height = image.size
     preset = percent_box(suggested, image.size)
-    st.caption("Frame the subject: the model looks at the whole photo and at this crop.")
+    st.caption("The box is where the model looked closer. Move it to frame the subject yourself: "
+               "the answer is then for the part you framed, as if you had uploaded it.")
     left, right = st.slider("Left and right edges (%)", 0, 100, (preset[0], preset[2]), key=f"crop-x-{key}")
     top, bottom = st.slider("Top and bottom edges (%)", 0, 100, (preset[1], preset[3]), key=f"crop-y-{key}")
     if (left, top, right, bottom) == preset:
@@ -343,7 +345,11 @@ def one_photo(name: str, data: bytes, classifier: Classifier) -> None:
         box = crop_tool(image, suggested, key=f"{name}-{image.width}x{image.height}")
         st.image(with_box(image, box), caption=name)
     with right:
-        show_answer(image, see(image, classifier, full, box), classifier.card["subject"])
+        if box == suggested:
+            show_answer(image, see(image, classifier, full, box), classifier.card["subject"])
+        else:  # the visitor framed the subject: what they framed is the photo, as if they had uploaded it
+            framed = image.crop(box)
+            show_answer(framed, see(framed, classifier, *first_look(framed, classifier)), classifier.card["subject"])
 
 
 def many_photos(photos: list[tuple[str, bytes]], classifier: Classifier) -> None:

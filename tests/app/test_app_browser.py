@@ -156,11 +156,12 @@ def heading_for(classifier, data: bytes, edges: list[int]) -> str:
     first = second_look.look(image, classifier.outputs, classifier.input_size, second=False)
     left, right, top, bottom = edges
     preset = [round(100 * first.box[i] / image.size[i % 2]) for i in (0, 2, 1, 3)]
-    if edges == preset:
-        box = first.box
-    else:
-        box = (round(left * image.width / 100), round(top * image.height / 100),
-               round(right * image.width / 100), round(bottom * image.height / 100))
-    crop = classifier.outputs(second_look.pixels(image, classifier.input_size, box))
-    result = answer([first.full, crop], classifier.card, classifier.bank)
+    if edges == preset:  # the suggested crop: the whole photo and the crop, as the second look sees them
+        crop = classifier.outputs(second_look.pixels(image, classifier.input_size, first.box))
+        result = answer([first.full, crop], classifier.card, classifier.bank)
+    else:  # framed by the visitor: the framed part answered as a photo of its own
+        framed = image.crop((round(left * image.width / 100), round(top * image.height / 100),
+                             round(right * image.width / 100), round(bottom * image.height / 100)))
+        result = answer(second_look.look(framed, classifier.outputs, classifier.input_size).passes,
+                        classifier.card, classifier.bank)
     return f"{result.label} ({result.confidence:.1%})" if result.sure else "Not sure"

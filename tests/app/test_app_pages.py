@@ -100,7 +100,9 @@ def test_the_camera_takes_a_photo(app: AppTest, default_model: Classifier, expec
     assert [heading.value for heading in app.subheader] == [expected_heading(default_model, "image.jpg", jpeg())]
 
 
-def test_moving_the_crop_changes_what_is_classified(app: AppTest, default_model: Classifier, expected_answer) -> None:
+def test_the_framed_part_is_answered_as_a_photo_of_its_own(app: AppTest, default_model: Classifier, expected_answer) -> None:
+    """Untouched, the crop tool shows the second look's crop; moved, what it frames is answered as
+    if the visitor had uploaded that part (its own look, score and heatmap), not the whole photo."""
     name, data = "small-subject.jpg", small_subject()
     upload(app.run(), [(name, data)])
     image = second_look.decode(data, default_model.input_size, name)
@@ -115,12 +117,14 @@ def test_moving_the_crop_changes_what_is_classified(app: AppTest, default_model:
 
     x_edges.set_value((0, 50)).run()  # the empty bottom left corner instead
     y_edges.set_value((50, 100)).run()
-    box = (0, round(image.height / 2), round(image.width / 2), image.height)
-    crop = default_model.outputs(second_look.pixels(image, default_model.input_size, box))
-    expected = answer([first.full, crop], default_model.card, default_model.bank)
+    framed = image.crop((0, round(image.height / 2), round(image.width / 2), image.height))
+    expected = answer(second_look.look(framed, default_model.outputs, default_model.input_size).passes,
+                      default_model.card, default_model.bank)
     assert not app.exception
     assert bar_chart_rows(app) == [(label, pytest.approx(probability)) for label, probability in expected.could_be]
     assert bar_chart_rows(app) != before
+    assert [heading.value for heading in app.subheader] == [f"{expected.label} ({expected.confidence:.1%})"
+                                                            if expected.sure else "Not sure"]
 
 
 def test_several_photos_give_a_table_and_a_csv_file(
