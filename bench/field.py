@@ -591,7 +591,9 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
                          + " | ".join(f"{m['auroc']:.3f} / {percent(m['fpr95'])}" for m in measured) + " |")
     lines += ["", "### At the threshold chosen on held-out species\n",
               f"The served score at the model card's threshold; the same on both passes (as served until the app scored "
-              f"the whole photo only); {BESIDE} (served before max-softmax+kNN) at its own held-out threshold. The "
+              f"the whole photo only); {BESIDE} (served before max-softmax+kNN) at its own held-out threshold (a probability, "
+              "set at the fold heads' temperatures: at the served temperature, fitted on both passes, it answers more "
+              "than when it was served). The "
               "threshold is set to answer about 95% of known validation images: butterflies50 test answered says whether "
               "it does on clean photos of known species. Answers right: without / with the second look.\n",
               "| model | score >= threshold | butterflies50 test answered | known field photos answered | answers right "
