@@ -5,9 +5,12 @@ input, it is a few dozen pixels of wing. The first pass already says where it lo
 map of its top class (`class_maps[..., top]`, the head applied at every location) is strongest on
 the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
 up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),
-classifies the crop, and the answer combines both passes (`runtime.answer.logits`). Even when the evidence fills the
-frame this pays: the box is square, so the butterfly is seen undistorted, where the first pass
-squashed the whole photo to a square. Only when the box is the whole photo (a square photo
+classifies the crop, and the probabilities combine both passes (`runtime.answer.logits`; whether
+to answer at all is read from the whole photo, `runtime.answer.photo_score`). On field photos this
+pays even when the evidence fills the frame: the box is square, so the butterfly is seen
+undistorted, where the first pass squashed the whole photo to a square. On tight web crops like
+butterflies50's test split it gains nothing, and costs the weaker models some test top-1
+(docs/BENCHMARKS.md, `bench/field.py`). Only when the box is the whole photo (a square photo
 filled with evidence) is the second pass skipped. The crop alone does worse than the average: a
 tight crop loses context the first pass had.
 
