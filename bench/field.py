@@ -74,13 +74,15 @@ BACKGROUND_SIDES = (0.6, 0.5, 0.4, 1 / 3)  # background crops: sides tried, as s
 BACKGROUND_MAX_MASK = 0.01  # ...with under 1% of the crop in the butterfly's mask
 FOLDS, HELD_OUT = 5, 10
 BANK_PER_CLASS = unknown.BANK_PER_CLASS
+BANK_SIZES = (20, 50, None)  # feature banks compared on held-out species: images per class (None: every one)
 SERVED_SCORE = "+".join(unknown.COMBINED)  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
 BESIDE = "max_softmax"  # the score served before max-softmax+kNN, measured at its own held-out threshold too
 BOTH_PASSES = f"{SERVED_SCORE} on both passes"  # the served score as it was before it read the whole photo only
-EVALUATED_FORMAT = "8"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
+EVALUATED_FORMAT = "9"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
 # 3: a second score at its threshold too; 4: those shares by `training.field.at_threshold`; 5: max-softmax+kNN
 # served, and the background crops; 6: the kNN's time; 7: with the bank held as float32, as the app holds it;
-# 8: scores of the whole photo, temperature on both passes, test and validation images as the app sees them
+# 8: scores of the whole photo, temperature on both passes, test and validation images as the app sees them;
+# 9: the served score on held-out species by feature bank size
 
 
 def log(message: str) -> None:
@@ -139,6 +141,7 @@ class Model:
     head: unknown.LinearHead | None = None  # None: frozen features, a head is fitted here
     threshold: float | None = None  # a trained model's "not sure" threshold (trust.json); None: set here
     served: unknown.Scorer | None = None  # a trained model's served temperature, bank and ranks; None: fitted here
+    served_key: str = ""  # names what `served` and `threshold` were read from (a trust step redone measures again)
     notes: list[str] = field(default_factory=list)
 
 
@@ -190,9 +193,10 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     path.parent.mkdir(parents=True, exist_ok=True)
     trust = json.loads((folder / "trust.json").read_text(encoding="utf-8"))
     head = unknown.LinearHead(weights, bias)
+    served_key = hashlib.md5((folder / "trust.json").read_bytes() + (folder / "feature_bank.npy").read_bytes()).hexdigest()[:10]
     return Model(f"{folder.name} fine-tuned ({folder.parent.name} run)", key, int(inputs.shape[1]),
                  litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), head, trust["threshold"],
-                 served_scorer(folder, trust, head))
+                 served_scorer(folder, trust, head), served_key)
 
 
 def served_scorer(folder: Path, trust: dict, head: unknown.LinearHead) -> unknown.Scorer | None:
@@ -458,7 +462,7 @@ def evaluate(model: Model, head: unknown.LinearHead, splits: dict[str, Split], p
     """Everything of the module doc for one model and head (kept in bench/results/field/evaluated:
     a rerun that adds a model does not measure the others again)."""
     digest = hashlib.sha256(head.weights.tobytes() + "".join(str(p.path) for p in photos).encode()
-                            + EVALUATED_FORMAT.encode()).hexdigest()[:12]
+                            + EVALUATED_FORMAT.encode() + model.served_key.encode()).hexdigest()[:12]
     path = WORK / "evaluated" / f"{model.key}-{digest}.json"
     if path.is_file():
         return {**json.loads(path.read_text(encoding="utf-8")), "model": label}
@@ -495,6 +499,8 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     }
     log("  leave-species-out")
     result["species_out"] = unknown.summarise(unknown.held_out_species(train, valid, HELD_OUT, FOLDS, SEED, BANK_PER_CLASS))
+    result["bank_sizes"] = {str(size): unknown.summarise(unknown.held_out_species(
+        train, valid, HELD_OUT, FOLDS, SEED, size))[SERVED_SCORE] for size in BANK_SIZES}
     result["threshold"] = (result["species_out"][SERVED_SCORE]["threshold"] if model.threshold is None else model.threshold)
     thresholds = {SERVED_SCORE: result["threshold"], BOTH_PASSES: result["threshold"],
                   BESIDE: result["species_out"][BESIDE]["threshold"]}
@@ -609,6 +615,14 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
             lines.append(f"| {r['model']} | {name} >= {threshold:.4g}{' (served)' if name == SERVED_SCORE else ''} | "
                          f"{percent(second['test_answered'])} | {percent(second['field_answered'])} | {right} | "
                          f"{percent(second['field_not_sure'])} | {percent(second['background_not_sure'])} |")
+    lines += ["", "### Feature bank size: the served score on held-out species, AUROC / FPR@95TPR\n",
+              f"The bank the app ships holds {BANK_PER_CLASS} training images per class (`training.unknown.BANK_PER_CLASS`), "
+              "chosen here, on held-out species; the app holds it as float32 (images x channels x 4 bytes).\n",
+              "| model | " + " | ".join("every image" if size is None else f"{size} per class" for size in BANK_SIZES) + " |",
+              "| --- |" + " --- |" * len(BANK_SIZES)]
+    for r in results:
+        sizes = [r["bank_sizes"][str(size)] for size in BANK_SIZES]
+        lines.append(f"| {r['model']} | " + " | ".join(f"{s['auroc']:.4f} / {percent(s['fpr95'])}" for s in sizes) + " |")
     lines.append(f"\nLatency: decode (draft at {second_look.DECODE_SCALE}x the input) + LiteRT feature map + numpy head, "
                  f"2 threads, on a shared 2-core machine under other load; the second column includes the crop's pass "
                  f"when one is taken; the served score's kNN (the whole photo against the feature bank) adds a median of "

@@ -47,6 +47,7 @@ def data(tmp_path, monkeypatch) -> tuple[dict[str, field.Split], list[field.Fiel
     monkeypatch.setattr(field, "FOLDS", 2)
     monkeypatch.setattr(field, "HELD_OUT", 2)
     monkeypatch.setattr(field, "BANK_PER_CLASS", 5)
+    monkeypatch.setattr(field, "BANK_SIZES", (2, 5, None))
     rng = np.random.default_rng(0)
     splits = {}
     for split, count in (("train", 12), ("valid", 4), ("test", 4)):
@@ -96,8 +97,12 @@ def test_the_bench_measures_and_reports_a_model(data):
     assert result["cropped"] > 0.5  # the squares are small: the second look crops
     assert set(result["species_out"]) == {*unknown.SCORES, "max_softmax+knn"}
     assert 0 < result["threshold"] < 1  # the served rank combination, set on the folds (no card: a frozen pilot)
+    # The bank sizes compared on held-out species, the shipped one among them, as measured above.
+    assert list(result["bank_sizes"]) == ["2", "5", "None"]
+    assert result["bank_sizes"]["5"] == result["species_out"]["max_softmax+knn"]
     section = field.report([], [result], "bench/field.py")
     assert "| colours |" in section and "max_softmax+knn (served)" in section
+    assert "| model | 2 per class | 5 per class | every image |" in section
     assert result["knn_ms"] > 0 and f"adds a median of {result['knn_ms']:.1f} ms (colours)" in section
     assert result["backgrounds"] == len(photos)  # each photo has a square without its small square 'butterfly'
     both = "max_softmax+knn on both passes"

@@ -27,10 +27,9 @@ share of known ones, and on field photos it also separates photos that show no b
 real head: each head's ranks are measured against its own validation images. (Logit and energy
 scales differ from head to head, so their fold thresholds would not carry.) The app scores the
 whole photo only (`runtime.answer.photo_score`), so the real head's ranks are measured on the
-validation images' first pass, as the app decodes them. The bank, 20
-training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json
-(`runtime.model_folder.BANK_FILE`), and the validation quantiles of both scores in trust.json
-(`ranks`): the app needs both.
+validation images' first pass, as the app decodes them. The bank, a few dozen training images
+per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json (`runtime.model_folder.BANK_FILE`),
+and the validation quantiles of both scores in trust.json (`ranks`): the app needs both.
 
 Beside trust.json, the step keeps what it predicted (`Predictions`, in trust.npz): the validation
 logits and each fold head's logits. An ensemble of backbones (`training.ensemble`) is calibrated

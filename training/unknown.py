@@ -44,7 +44,9 @@ from training import calibration
 TARGET_TPR = 0.95
 SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
 COMBINED = ("max_softmax", "knn")  # the rank combination, as "max_softmax+knn": the score the app serves (`training.trust`)
-BANK_PER_CLASS = 20  # the feature bank the app ships: 20 training images per class
+# The feature bank the app ships: 50 training images per class. On held-out species a bigger bank
+# separates better (docs/BENCHMARKS.md); every image would cost the app's memory three times as much.
+BANK_PER_CLASS = 50
 
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
