@@ -99,14 +99,14 @@ def load(folder: Path, num_threads: int | None = 2) -> ModelFolder:
     return ModelFolder(labels, card, model, bank)
 
 
-def read_bank(folder: Path, channels: int, k: int) -> np.ndarray:
+def read_bank(folder: Path, channels: int, k: int, settings: str = CARD_FILE) -> np.ndarray:
     """The feature bank as float32 (the app multiplies by it on every photo), checked against the
-    model and the card's k."""
+    model and the card's k (`settings`: the file whose unknown score reads it, for the message)."""
     path = folder / BANK_FILE
     try:
         bank = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise ModelError(f"{folder}: {BANK_FILE} is missing; {CARD_FILE}'s unknown score needs it") from None
+        raise ModelError(f"{folder}: {BANK_FILE} is missing; {settings}'s unknown score needs it") from None
     except (OSError, ValueError) as error:
         raise ModelError(f"{path}: cannot be read as a NumPy array ({error})") from None
     if bank.ndim != 2 or bank.shape[1] != channels or len(bank) < k:

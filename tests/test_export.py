@@ -140,6 +140,24 @@ def test_a_run_without_labels_is_named(nested_run: Path, tmp_path: Path) -> None
         export_module.export(old / "vgg16", "float32", tmp_path / "out")
 
 
+@pytest.mark.parametrize(("bank", "problem"), [
+    (None, "feature_bank.npy is missing; trust.json's unknown score needs it"),
+    (np.zeros((9, 7), dtype=np.float16), "feature_bank.npy: expected \\(images, 512\\) features"),
+])
+def test_a_missing_or_wrong_feature_bank_stops_the_export_before_it_converts(
+        nested_run: Path, tmp_path: Path, bank: np.ndarray | None, problem: str) -> None:
+    """`export --run --best` reaches a backbone folder without the CLI's own check of --model.
+    (The run's vgg16 is a link to the session's trained backbone: copied whole, not linked.)"""
+    old = tmp_path / "old"
+    shutil.copytree(nested_run, old, ignore=shutil.ignore_patterns("*.weights.h5", "backup", "finetune_*"))
+    (old / "vgg16" / model_folder.BANK_FILE).unlink()
+    if bank is not None:
+        np.save(old / "vgg16" / model_folder.BANK_FILE, bank)
+    with pytest.raises(model_folder.ModelError, match=problem):
+        export_module.export(old / "vgg16", "float32", tmp_path / "out")
+    assert not (tmp_path / "out" / MODEL_FILE).exists()
+
+
 def test_export_command_errors_are_one_line(trained_run: Path, tmp_path: Path) -> None:
     result = run_cli("export", "--run", str(trained_run))
     assert result.returncode == 2 and "--run needs --best" in result.stderr

@@ -73,10 +73,29 @@ def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp
     assert all("Red Circle (display)" in (row["top1"], row["top2"], row["top3"]) for row in ok)
     assert all(abs(sum(float(row[f"p{i}"]) for i in (1, 2, 3)) - 1) < 1e-4 for row in ok)
     assert {row["answer"] for row in ok} <= {row["top1"] for row in ok} | {"not sure"}
-    # The served score (max-softmax+kNN, with the second look), as computed by hand from the saved model.
+    # The served score (max-softmax+kNN of the whole photo, which got a second look), as computed by hand
+    # from the saved model.
     _, scores = app_answers(folder, [Path(row["image"]) for row in ok])
     assert [float(row["score"]) for row in ok] == pytest.approx(scores.tolist(), abs=1e-5)
     assert all((row["answer"] != "not sure") == (float(row["score"]) >= trust["threshold"]) for row in ok)
+
+
+@pytest.mark.parametrize(("bank", "phrase"), [
+    (b"not an array", "feature_bank.npy: cannot be read as a NumPy array"),
+    (np.zeros((9, 7), dtype=np.float16), "feature_bank.npy: expected (images, 512) features with at least k = "),
+])
+def test_predict_command_names_a_bad_feature_bank(trained_run, tiny_dataset, tmp_path, capsys, bank, phrase):
+    folder = tmp_path / "vgg16"
+    folder.mkdir()
+    for name in ("model.keras", "labels.json", "trust.json"):
+        shutil.copyfile(trained_run / "vgg16" / name, folder / name)
+    if isinstance(bank, bytes):
+        (folder / "feature_bank.npy").write_bytes(bank)
+    else:
+        np.save(folder / "feature_bank.npy", bank)
+    assert main(["predict", "--model", str(folder), str(tiny_dataset / "test" / "red circle" / "0.jpg")]) == 2
+    error = capsys.readouterr().err
+    assert f"{folder}/{phrase}" in error and "Traceback" not in error
 
 
 def test_predict_command_names_a_wrong_model_folder(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 from runtime import imaging, second_look
 from runtime.answer import NEEDS_BANK, answer, logits, served, softmax
 from runtime.litert import ModelError
-from runtime.model_folder import BANK_FILE, LABELS_FILE, read_labels
+from runtime.model_folder import LABELS_FILE, read_bank, read_labels
 from training.artifacts import read_json, write_csv
 from training.model import with_class_maps
 
@@ -34,13 +34,13 @@ def load_model_folder(folder: str | Path) -> tuple[keras.Model, list[str]]:
     return keras.models.load_model(folder / "model.keras"), read_labels(folder)
 
 
-def read_bank(folder: Path) -> np.ndarray:
-    """The backbone folder's feature bank (`training.trust`), which its unknown score reads."""
-    path = folder / BANK_FILE
-    if not path.is_file():
-        raise ModelError(f"{folder}: no {BANK_FILE} here; trust.json's unknown score needs it (trained by an older "
-                         "version: run the same `python -m training compare` command again with a new --run name)")
-    return np.load(path, allow_pickle=False)
+def folder_bank(folder: Path, model: keras.Model, trust: dict) -> np.ndarray | None:
+    """The backbone folder's feature bank, checked against the model and trust.json (a ModelError
+    naming the file otherwise), when trust.json's unknown score reads one; else None."""
+    if trust["score"] not in NEEDS_BANK:
+        return None
+    channels = int(model.get_layer("logits").input.shape[-1])  # the pooled features the head reads
+    return read_bank(folder, channels, trust["k"], TRUST_FILE)
 
 
 def image_files(target: Path) -> list[Path]:
@@ -89,8 +89,7 @@ def run_predict(model_folder: str, target: str, top_k: int, names_file: str | No
         classes = [display.get(name, name) for name in classes]
     target_path = Path(target)
     trust = read_json(Path(model_folder) / TRUST_FILE)
-    bank = read_bank(Path(model_folder)) if trust["score"] in NEEDS_BANK else None
-    rows = predict(model, image_files(target_path), top_k, classes, trust, bank)
+    rows = predict(model, image_files(target_path), top_k, classes, trust, folder_bank(Path(model_folder), model, trust))
     for row in rows:
         print(row["image"])
         if "error" in row:

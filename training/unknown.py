@@ -45,7 +45,7 @@ TARGET_TPR = 0.95
 SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
 COMBINED = ("max_softmax", "knn")  # the rank combination, as "max_softmax+knn": the score the app serves (`training.trust`)
 # The feature bank the app ships: 50 training images per class. On held-out species a bigger bank
-# separates better (docs/BENCHMARKS.md); every image would cost the app's memory three times as much.
+# separates better (docs/BENCHMARKS.md); every image would cost the app's memory more than twice as much.
 BANK_PER_CLASS = 50
 
 
