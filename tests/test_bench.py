@@ -174,8 +174,8 @@ def test_the_shallow_run_fine_tunes_the_configs_mobilenetv2s_from_the_former_lay
     and no run at all for a config without them."""
     train_compare = bench("train_compare")
     options = train_compare.run_options(Path("configs/butterflies50.toml"))
-    assert options["shallow"] == ["--backbones=mobilenetv2:0.35,mobilenetv2:0.5", "--frozen-until=mobilenetv2:0.35=block_14_add",
-                                  "--frozen-until=mobilenetv2:0.5=block_14_add"]
+    assert options["shallow"] == ["--backbones=mobilenetv2:0.35,mobilenetv2:0.5", "--frozen-until=mobilenetv2:0.35=block_12_add",
+                                  "--frozen-until=mobilenetv2:0.5=block_12_add"]
     config = tmp_path / "resnet.toml"
     config.write_text('data = "data"\nbackbones = ["resnet50", "mobilenet:0.25"]\n')
     assert list(train_compare.run_options(config)) == list(train_compare.RUNS)
@@ -235,5 +235,5 @@ def test_the_depth_section_sets_each_shallow_backbone_beside_the_default(bench, 
     assert "| mobilenetv2_0.5 | 98.4% / 98.0% | – / – |" in section  # no held-out species measured here
     assert "| 82.1% / 75.0% |" in section and "| 524 / 297 |" in section
     assert "mobilenet_0.25" not in section  # not fine-tuned shallower: nothing to set beside it
-    assert "--run shallow --backbones=mobilenetv2:0.35,mobilenetv2:0.5 --frozen-until=mobilenetv2:0.35=block_14_add" in section
+    assert "--run shallow --backbones=mobilenetv2:0.35,mobilenetv2:0.5 --frozen-until=mobilenetv2:0.35=block_12_add" in section
     assert section.count("--field-map ../shared/datasets/leeds-field/mapping.json") == 2  # both runs measured on it
