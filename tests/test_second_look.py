@@ -86,3 +86,26 @@ def test_decode_keeps_detail_for_the_crop(tmp_path):
     image = second_look.decode(path, (224, 224))
     assert min(image.size) >= 224 * second_look.DECODE_SCALE
     assert max(image.size) < 4000  # but the decoder skipped what a crop cannot use
+
+
+def test_looks_at_a_batch_give_each_image_its_own_look():
+    """The batched form (training and `predict` run Keras on batches) gives what `look` gives one
+    image at a time, in two model calls: the whole images, then only the crops that are taken."""
+    images = [photo(400, 300, (250, 60, 290, 100)), photo(200, 200, (10, 10, 190, 190)),
+              photo(300, 200, (0, 170, 25, 200))]
+    calls: list[np.ndarray] = []
+    one_by_one = brightness_model([])
+
+    def batched(pixels: np.ndarray) -> dict[str, np.ndarray]:
+        calls.append(pixels)
+        outputs = [one_by_one(image) for image in pixels]
+        return {name: np.stack([o[name] for o in outputs]) for name in outputs[0]}
+
+    looks = second_look.looks(images, batched, SIZE)
+    assert [len(pixels) for pixels in calls] == [3, 2]  # the square photo filled with evidence needs no crop
+    for image, look in zip(images, looks, strict=True):
+        alone = second_look.look(image, brightness_model([]), SIZE)
+        assert look.box == alone.box and (look.crop is None) == (alone.crop is None)
+        for ours, theirs in zip(look.passes, alone.passes, strict=True):
+            assert all(np.allclose(ours[name], theirs[name]) for name in theirs)
+    assert second_look.looks([], batched, SIZE) == [] and len(calls) == 2  # nothing to look at: no call

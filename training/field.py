@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,16 +149,15 @@ def read(field_data: str | Path, field_map: str | Path, classes: list[str]) -> F
     return FieldSet(Path(field_data), mapping, photos, skipped)
 
 
-def answers(field_set: FieldSet, predict: second_look.Predict, input_size: tuple[int, int],
-            unknown: dict | None = None, bank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The (photos, classes) probabilities the app would give the field photos, and given the
-    card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: each
-    photo decoded as the app decodes an upload, looked at twice (`second_look.look`), the passes'
-    logits averaged (`answer.logits`), and the whole photo scored by `answer.photo_score`. The probabilities are
-    untempered: an ensemble averages them before its own temperature."""
+def answers(looks: Iterable[second_look.Look], unknown: dict | None = None,
+            bank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (photos, classes) probabilities the app would give the field photos seen in `looks`
+    (each decoded as the app decodes an upload and looked at twice, `second_look`), and given the
+    card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: the passes'
+    logits averaged (`answer.logits`), and the whole photo scored by `answer.photo_score`. The
+    probabilities are untempered: an ensemble averages them before its own temperature."""
     probabilities, scores = [], []
-    for photo in field_set.photos:
-        look = second_look.look(second_look.decode(photo.path, input_size, str(photo.path)), predict, input_size)
+    for look in looks:
         probabilities.append(answer.softmax(answer.logits(*look.passes)))
         if unknown is not None:
             scores.append(answer.photo_score(look.full, unknown, bank))

@@ -14,13 +14,18 @@ view trains the classifier; the exported heatmap reads the very weights that cla
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+from PIL import Image
 
+from runtime import second_look
 from training.backbones import BackboneError, Variant, build_base, preprocessing_layers
+
+LOOK_BATCH = 32  # images looked at per model call in `served_looks`: a few dozen MB of decoded photos
 
 
 def build_classifier(variant: Variant, num_classes: int, weights, dropout: float) -> keras.Model:
@@ -114,6 +119,23 @@ def with_class_maps(classifier: keras.Model) -> keras.Model:
     class_maps = keras.layers.Identity(name="class_maps")(logits(feature_map))
     features = keras.layers.Identity(name="features")(pooled)
     return keras.Model(inputs, {"probabilities": probabilities, "class_maps": class_maps, "features": features})
+
+
+def served_looks(classifier: keras.Model, images: Iterable[Image.Image],
+                 batch_size: int = LOOK_BATCH) -> Iterator[second_look.Look]:
+    """Each image looked at as the app looks at an upload (`runtime.second_look.looks`: the whole
+    image, then the crop around its evidence), through `with_class_maps(classifier)`, `batch_size`
+    images per call: one call per image would spend most of its time in Keras' per-call overhead.
+    `images` is read a batch at a time, so a generator of decoded photos stays a batch in memory."""
+    served = with_class_maps(classifier)
+    size = tuple(classifier.input.shape[1:3])
+
+    def predict(pixels):
+        return served.predict_on_batch(pixels.astype("float32"))
+
+    images = iter(images)
+    while batch := list(islice(images, batch_size)):
+        yield from second_look.looks(batch, predict, size)
 
 
 def to_litert(model: keras.Model, path: Path, optimizations: Sequence[tf.lite.Optimize] = (),

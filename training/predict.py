@@ -19,7 +19,7 @@ from runtime.answer import NEEDS_BANK, answer, logits, served, softmax
 from runtime.litert import ModelError
 from runtime.model_folder import LABELS_FILE, read_bank, read_labels
 from training.artifacts import read_json, write_csv
-from training.model import with_class_maps
+from training.model import served_looks
 
 TRUST_FILE = "trust.json"
 
@@ -59,25 +59,27 @@ def predict(model: keras.Model, paths: list[Path], top_k: int, names: list[str],
     classes with their calibrated probabilities, or the reason the image failed. `bank`: the
     folder's feature bank, for an unknown score that reads it."""
     size = tuple(model.input.shape[1:3])
-    with_maps = with_class_maps(model)
-
-    def outputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
-        return {name: value[0] for name, value in with_maps.predict_on_batch(pixels[None].astype("float32")).items()}
-
     card = {"classes": names, "unknown": served(trust)}
-    rows = []
-    for path in paths:
-        try:
-            photo = second_look.decode(path, size, str(path))
-        except imaging.ImageError as error:
-            rows.append({"image": str(path), "error": str(error)})
-            continue
-        seen = second_look.look(photo, outputs, size)
+    rows = [{"image": str(path)} for path in paths]
+    readable: list[int] = []  # the indices of the photos decoded so far, in order
+
+    def photos():
+        """The photos that decode, one at a time (a batch of them in memory at once); a row for the others."""
+        for index, path in enumerate(paths):
+            try:
+                photo = second_look.decode(path, size, str(path))
+            except imaging.ImageError as error:
+                rows[index]["error"] = str(error)
+                continue
+            readable.append(index)
+            yield photo
+
+    for order, seen in enumerate(served_looks(model, photos())):
         result = answer(seen.passes, card, bank)
         probabilities = softmax(logits(*seen.passes), card["unknown"]["temperature"])
         best = np.argsort(-probabilities, kind="stable")[:top_k]
-        rows.append({"image": str(path), "answer": result.label if result.sure else "not sure", "score": result.score,
-                     "top": [(names[i], float(probabilities[i])) for i in best]})
+        rows[readable[order]] |= {"answer": result.label if result.sure else "not sure", "score": result.score,
+                                  "top": [(names[i], float(probabilities[i])) for i in best]}
     return rows
 
 

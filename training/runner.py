@@ -62,7 +62,7 @@ from training.features import Features, bottom_file, extract, training_features,
 from training.finetune import fine_tune, restore_best
 from training.folder import SPLITS, ImageFolder
 from training.head import train_head
-from training.model import bottom, build_classifier, head, split_layer, with_class_maps
+from training.model import bottom, build_classifier, head, served_looks, split_layer
 from training.plan import BackboneSettings, Plan, make_plan
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
@@ -302,23 +302,12 @@ class BackboneRun:
 
     # After the steps: a field set, measured on the saved model (a finished run included).
 
-    def served_predict(self) -> second_look.Predict:
-        """The classifier as the app runs its exported model: one image in, its probabilities,
-        class maps and pooled features out (`training.model.with_class_maps`)."""
-        served = with_class_maps(self.classifier)
-
-        def predict(pixels: np.ndarray) -> dict[str, np.ndarray]:
-            outputs = served.predict_on_batch(pixels[None].astype("float32"))
-            return {name: value[0] for name, value in outputs.items()}
-
-        return predict
-
     def looks(self, split: str) -> list[second_look.Look]:
         """The split's images as the app sees an upload: decoded for a crop, looked at whole and
-        at the crop around the evidence (`runtime.second_look`)."""
-        predict, size = self.served_predict(), (self.variant.size, self.variant.size)
-        return [second_look.look(second_look.decode(sample.path, size, str(sample.path)), predict, size)
-                for sample in self.dataset.splits[split]]
+        at the crop around the evidence (`training.model.served_looks`)."""
+        size = (self.variant.size, self.variant.size)
+        images = (second_look.decode(sample.path, size, str(sample.path)) for sample in self.dataset.splits[split])
+        return list(served_looks(self.classifier, images))
 
     def field_answers(self, field_set: field.FieldSet) -> tuple[np.ndarray, np.ndarray | None]:
         """The trained classifier's answers to every field photo, as the app would give them (whole
@@ -331,7 +320,8 @@ class BackboneRun:
         if not path.is_file():
             bank = np.load(self.folder / BANK_FILE) if settings and settings["score"] in answer.NEEDS_BANK else None
             size = (self.variant.size, self.variant.size)
-            probabilities, scores = field.answers(field_set, self.served_predict(), size, settings, bank)
+            images = (second_look.decode(photo.path, size, str(photo.path)) for photo in field_set.photos)
+            probabilities, scores = field.answers(served_looks(self.classifier, images), settings, bank)
             write_arrays(path, probabilities=probabilities, **({} if scores is None else {"scores": scores}))
         with np.load(path) as saved:
             return saved["probabilities"], saved.get("scores")
