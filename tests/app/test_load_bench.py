@@ -62,6 +62,7 @@ def test_every_tab_is_answered_and_the_memory_figures_are_within_the_targets(
     assert ".venv/bin/python bench/load.py --model-root" in section
 
 
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"the dry run checks for Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_a_dry_run_checks_the_paths_and_prints_the_plan_without_a_browser(
         model_root: Path, photo_folder: Path) -> None:
     result = bench("--model-root", str(model_root), "--photos", str(photo_folder), "--dry-run", timeout=60)
