@@ -79,6 +79,7 @@ SERVED_SCORE = "+".join(unknown.COMBINED)  # what the app serves (`training.trus
 BESIDE = "max_softmax"  # the score served before max-softmax+kNN, measured at its own held-out threshold too
 BOTH_PASSES = f"{SERVED_SCORE} on both passes"  # the served score as it was before it read the whole photo only
 BETTER_LOOK = f"{SERVED_SCORE} of the better look"  # the served score of the whole photo or of the crop, whichever is higher
+READ_THE_CROP = (BOTH_PASSES, BETTER_LOOK)  # the scores that read the second look's crop: measured with it only
 EVALUATED_FORMAT = "10"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
 # 3: a second score at its threshold too; 4: those shares by `training.field.at_threshold`; 5: max-softmax+kNN
 # served, and the background crops; 6: the kNN's time; 7: with the bank held as float32, as the app holds it;
@@ -592,8 +593,8 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
               "| leeds-field backgrounds vs known |",
               "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        for name in [*r["species_out"], BOTH_PASSES, BETTER_LOOK]:
-            look = "second" if name in (BOTH_PASSES, BETTER_LOOK) else "first"
+        for name in [*r["species_out"], *READ_THE_CROP]:
+            look = "second" if name in READ_THE_CROP else "first"
             held_out = r["species_out"].get(name)
             measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test", "background")]
             mark = " (served)" if name == SERVED_SCORE else ""
@@ -615,8 +616,8 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
         for name, threshold in ((SERVED_SCORE, r["threshold"]), (BOTH_PASSES, r["threshold"]), (BETTER_LOOK, r["threshold"]),
                                 (BESIDE, r["species_out"][BESIDE]["threshold"])):
             second = r["second"]["at_threshold"][name]
-            first = second if name in (BOTH_PASSES, BETTER_LOOK) else r["first"]["at_threshold"][name]
-            right = (percent(second["field_right"]) if name in (BOTH_PASSES, BETTER_LOOK)
+            first = second if name in READ_THE_CROP else r["first"]["at_threshold"][name]
+            right = (percent(second["field_right"]) if name in READ_THE_CROP
                      else f"{percent(first['field_right'])} / {percent(second['field_right'])}")
             lines.append(f"| {r['model']} | {name} >= {threshold:.4g}{' (served)' if name == SERVED_SCORE else ''} | "
                          f"{percent(second['test_answered'])} | {percent(second['field_answered'])} | {right} | "
