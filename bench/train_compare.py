@@ -7,7 +7,7 @@ five times over, and the baseline; `--dry-run` only checks the paths):
 
     .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--field DIR] [--resume] [--dry-run]
 
-Six jobs, each in its own process so its time and peak memory are its own, one after the other:
+The jobs, each in its own process so its time and peak memory are its own, one after the other:
 1. the full recipe (`compare` with the config: cached features, head, fine-tuning) with an empty
    feature cache, on every backbone of the config (the config's `data` and `weights_dir`);
 2. the same comparison again as a new run with the cache warm;
@@ -19,7 +19,10 @@ Six jobs, each in its own process so its time and peak memory are its own, one a
    framing a share of the training images like field photos is worth, on the test split and,
    when a field set is there (`--field`, leeds-field by default), on field photos, measured
    afterwards on the finished runs (`--field-data`, which retrains nothing);
-6. the original project's baseline recipe on the same data and weights: inputs rescaled by
+6. the ablations, where the config has what they change: the config's MobileNetV2s fine-tuned from
+   the former, shallower layer (`SHALLOWER`), and its backbones at their own input size when the
+   config asks for another (`native_size`), each measured on the field set too;
+7. the original project's baseline recipe on the same data and weights: inputs rescaled by
    1/255, frozen base, dense head, no caching, no fine-tuning (`--baseline`, below).
 The runs are written to bench/results/, where bench/serving.py finds one to export; each job's
 time and peak memory to bench/results/jobs.json as it ends, so that `--resume` after a failure
@@ -45,7 +48,7 @@ OUT = ROOT / "bench" / "results"
 BASELINE_EPOCHS = 5
 FIELD = Path("../shared/datasets/leeds-field")  # images/ of class folders and mapping.json; measured, never trained on
 RUNS = {"cold": [], "warm": [], "warm-phase1": ["--no-fine-tune"], "no-smoothing": ["--label-smoothing", "0"],
-        "no-field": ["--field-share", "0"]}  # each run's options beside the config's; and "shallow" (`run_options`)
+        "no-field": ["--field-share", "0"]}  # each run's options beside the config's; and the ablations (`run_options`)
 # The fine-tuning depth before it went deeper (training/backbones.py): the "shallow" run fine-tunes
 # the config's backbones of these families from here, so that the section shows what the deeper
 # default buys and costs, same cached bottom features where the layers allow, same seed.
@@ -137,13 +140,27 @@ def shallower(config: Path) -> list[str]:
             *(f"--frozen-until={spec}={SHALLOWER[parse_variant(spec).backbone.name]}" for spec in specs)] if specs else []
 
 
+def native_size(config: Path) -> list[str]:
+    """The "native-size" run's options: the config's backbones at their own input size (the
+    registry's), when the config asks for another size and they share one (none: the run is left out)."""
+    from training.backbones import parse_variant
+    from training.config import load_config
+
+    loaded = load_config(ROOT / config, {})
+    own = {parse_variant(spec).size for spec in loaded.backbones}
+    if loaded.image_size is None or len(own) != 1 or loaded.image_size in own:
+        return []
+    return [f"--image-size={own.pop()}"]
+
+
 def run_options(config: Path) -> dict[str, list[str]]:
-    """Each training run's options beside the config's: `RUNS`, and the shallow run where it applies."""
-    shallow = shallower(config)
-    return {**RUNS, "shallow": shallow} if shallow else dict(RUNS)
+    """Each training run's options beside the config's: `RUNS`, and the ablations (shallow,
+    native-size) where they apply."""
+    ablations = {"shallow": shallower(config), "native-size": native_size(config)}
+    return {**RUNS, **{run: options for run, options in ablations.items() if options}}
 
 
-FIELD_RUNS = ("cold", "no-field", "shallow")  # the runs the field set is measured on, when there is one
+FIELD_RUNS = ("cold", "no-field", "shallow", "native-size")  # the runs the field set is measured on, when there is one
 
 
 def field_jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:
@@ -159,40 +176,63 @@ def field_options(field: Path | None) -> list[str]:
     return ["--field-data", str(field / "images"), "--field-map", str(field / "mapping.json")] if field else []
 
 
-DEPTH_COLUMNS = [("test top-1", "top1", "{:.1%}"), ("held-out species AUROC", "unknown_auroc", "{:.3f}"),
-                 ("held-out species FPR@95", "unknown_fpr95", "{:.1%}"), ("field top-1", "field_top1", "{:.1%}"),
-                 ("field unknown AUROC", "field_unknown_auroc", "{:.3f}"), ("field answered", "field_answered", "{:.1%}"),
-                 ("field answers right", "field_right", "{:.1%}"), ("field unknown \"not sure\"", "field_not_sure", "{:.1%}"),
-                 ("phase 2 s", "phase2_s", "{:.0f}")]
+ABLATION_COLUMNS = [("test top-1", "top1", "{:.1%}"), ("held-out species AUROC", "unknown_auroc", "{:.3f}"),
+                    ("held-out species FPR@95", "unknown_fpr95", "{:.1%}"), ("field top-1", "field_top1", "{:.1%}"),
+                    ("field unknown AUROC", "field_unknown_auroc", "{:.3f}"), ("field answered", "field_answered", "{:.1%}"),
+                    ("field answers right", "field_right", "{:.1%}"),
+                    ("field unknown \"not sure\"", "field_not_sure", "{:.1%}"), ("phase 2 s", "phase2_s", "{:.0f}"),
+                    ("CPU ms/image", "latency_ms", "{:.1f}")]
+
+
+def ablation_section(config: Path, field: Path | None, run: str, heading: str, intro: str, names: tuple[str, str]) -> str:
+    """An ablation run beside the cold run (the config's recipe), backbone by backbone, same seed:
+    `heading`, `intro` (what differs), then a table whose cells read "cold / run" (`names`)."""
+    other = {row["backbone"]: row for row in results(run)}
+    both = lambda fmt, a, b: " / ".join("–" if v is None else fmt.format(v) for v in (a, b))  # noqa: E731
+    rows = [{"backbone": r["backbone"], **{key: both(fmt, r.get(key), other[r["backbone"]].get(key))
+                                           for _, key, fmt in ABLATION_COLUMNS}}
+            for r in results("cold") if r["backbone"] in other]
+    options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache",
+                        *field_options(field and Path(paths.shown(field)))])
+    return "\n".join([
+        f"## {heading}",
+        "",
+        f"{intro} Same data, seed and recipe otherwise. Held-out species: leave-species-out on the training data (the "
+        "trust step); field columns as in the comparison table, each photo answered as the app answers it. Measured "
+        f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase 2 seconds and CPU ms/image depend on the "
+        f"machine's load). Reproduce (bench/train_compare.py's cold and {run} runs"
+        + (", then the field set on each" if field else "") + "):",
+        "",
+        "```sh",
+        f".venv/bin/python -m training compare --run cold {options}",
+        f".venv/bin/python -m training compare --run {run} {' '.join(run_options(config)[run])} {options}",
+        "```",
+        "",
+        table(rows, [("backbone", "{backbone}"), *((f"{title}, {names[0]} / {names[1]}", "{" + key + "}")
+                                                   for title, key, _ in ABLATION_COLUMNS)]),
+    ])
 
 
 def depth_section(config: Path, field: Path | None) -> str:
     """The fine-tuning depth ablation: each backbone of the shallow run, as the cold run (the
-    registry's layer, deeper) and the shallow run (`SHALLOWER`) trained it, same seed."""
-    shallow = {row["backbone"]: row for row in results("shallow")}
-    both = lambda fmt, a, b: " / ".join("–" if v is None else fmt.format(v) for v in (a, b))  # noqa: E731
-    rows = [{"backbone": r["backbone"], **{key: both(fmt, r[key], shallow[r["backbone"]][key]) for _, key, fmt in DEPTH_COLUMNS}}
-            for r in results("cold") if r["backbone"] in shallow]
-    options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache",
-                        *field_options(field and Path(paths.shown(field)))])
-    return "\n".join([
-        "## Fine-tuning depth: the default (deeper) vs the former layer (shallower)",
-        "",
+    registry's layer, deeper) and the shallow run (`SHALLOWER`) trained it."""
+    return ablation_section(
+        config, field, "shallow", "Fine-tuning depth: the default (deeper) vs the former layer (shallower)",
         "Phase 2 fine-tunes the blocks above the registry's `frozen_until` (training/backbones.py); shallower: from "
-        + ", ".join(f"`{layer}` ({family})" for family, layer in SHALLOWER.items()) + " instead, as before. Same "
-        "data, seed and recipe otherwise. Held-out species: leave-species-out on the training data (the trust step); "
-        "field columns as in the comparison table, each photo answered as the app answers it. Measured "
-        f"{time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores (phase 2 seconds depend on the machine's load). "
-        "Reproduce (bench/train_compare.py's cold and shallow runs" + (", then the field set on each" if field else "") + "):",
-        "",
-        "```sh",
-        f".venv/bin/python -m training compare --run cold {options}",
-        f".venv/bin/python -m training compare --run shallow {' '.join(run_options(config)['shallow'])} {options}",
-        "```",
-        "",
-        table(rows, [("backbone", "{backbone}"), *((f"{title}, deeper / shallower", "{" + key + "}")
-                                                   for title, key, _ in DEPTH_COLUMNS)]),
-    ])
+        + ", ".join(f"`{layer}` ({family})" for family, layer in SHALLOWER.items()) + " instead, as before.",
+        ("deeper", "shallower"))
+
+
+def size_section(config: Path, field: Path | None) -> str:
+    """The input size ablation: each backbone at the config's `image_size` (the cold run) and at its
+    own (the native-size run)."""
+    size = json.loads((OUT / "cold" / "run.json").read_text())["config"]["image_size"]
+    native = run_options(config)["native-size"][0].split("=")[1]
+    return ablation_section(
+        config, field, "native-size", f"Input size: the config's {size}x{size} vs the backbones' own {native}x{native}",
+        f"The config's `image_size` ({size}) feeds the backbones larger images than they were trained at on ImageNet "
+        f"(their own: {native}); the native-size run trains them at their own size.",
+        (str(size), native))
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
@@ -315,6 +355,8 @@ def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False
     sections.record("comparison", comparison_section(config, field))
     if (OUT / "shallow" / "comparison.json").is_file():
         sections.record("depth", depth_section(config, field))
+    if (OUT / "native-size" / "comparison.json").is_file():
+        sections.record("size", size_section(config, field))
 
 
 def comparison_section(config: Path, field: Path | None) -> str:

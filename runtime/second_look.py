@@ -1,7 +1,7 @@
 """A second look at a photo: classify a square crop around the butterfly too, and average.
 
-Visitors' photos show a small butterfly somewhere in the frame; squashed to the model's 224x224
-input, it is a few dozen pixels of wing. The first pass already says where it looked: the class
+Visitors' photos show a small butterfly somewhere in the frame; squashed to the model's input (224x224
+or 288x288), it is a few dozen pixels of wing. The first pass already says where it looked: the class
 map of its top class (`class_maps[..., top]`, the head applied at every location) is strongest on
 the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
 up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),

@@ -161,8 +161,8 @@ def test_the_field_set_is_measured_on_each_run_with_that_runs_own_options(bench,
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     jobs = train_compare.field_jobs(config, cache, field)
     options = train_compare.run_options(config)
-    assert list(jobs) == ["field-cold", "field-no-field", "field-shallow"]
-    for run, job in zip(("cold", "no-field", "shallow"), jobs.values(), strict=True):
+    assert list(jobs) == ["field-cold", "field-no-field", "field-shallow", "field-native-size"]
+    for run, job in zip(("cold", "no-field", "shallow", "native-size"), jobs.values(), strict=True):
         training = train_compare.compare(config, run, cache, *options[run])
         assert job[:len(training)] == training  # the run's own training options, then the field set's
         assert job[len(training):] == train_compare.field_options(field)
@@ -181,6 +181,19 @@ def test_the_shallow_run_fine_tunes_the_configs_mobilenetv2s_from_the_former_lay
     assert list(train_compare.run_options(config)) == list(train_compare.RUNS)
 
 
+def test_the_native_size_run_trains_at_the_backbones_own_size_when_the_config_asks_another(bench, tmp_path: Path) -> None:
+    """The input size ablation: the config's backbones at their registry size, only when the config
+    sets `image_size` to another and they share one size (--image-size is one number for all)."""
+    train_compare = bench("train_compare")
+    assert train_compare.run_options(Path("configs/butterflies50.toml"))["native-size"] == ["--image-size=224"]
+    configs = {"unset": "", "own": "image_size = 224\n",
+               "mixed": 'image_size = 288\nbackbones = ["inceptionv3", "mobilenet"]\n'}
+    for name, text in configs.items():
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'data = "data"\n{text}')
+        assert "native-size" not in train_compare.run_options(config), name
+
+
 def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path, monkeypatch) -> None:
     """Each job's time is recorded as it ends; `--resume` runs only the jobs not recorded, each
     from the start (its run folder removed), and keeps the cache once the cold run is recorded."""
@@ -188,7 +201,8 @@ def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path
     monkeypatch.setattr(train_compare, "OUT", tmp_path)
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     names = list(train_compare.jobs(config, cache, field))
-    assert names == [*train_compare.RUNS, "shallow", "field-cold", "field-no-field", "field-shallow", "baseline"]
+    assert names == [*train_compare.RUNS, "shallow", "native-size", "field-cold", "field-no-field", "field-shallow",
+                     "field-native-size", "baseline"]
     ran, failures = [], ["no-smoothing"]
 
     def fake_job(args: list[str]) -> tuple[float, float]:
@@ -224,7 +238,7 @@ def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path
 def test_the_depth_section_sets_each_shallow_backbone_beside_the_default(bench, tmp_path: Path, monkeypatch) -> None:
     train_compare = bench("train_compare")
     monkeypatch.setattr(train_compare, "OUT", tmp_path)
-    row = {key: None for _, key, _ in train_compare.DEPTH_COLUMNS} | {"ensemble": False}
+    row = {key: None for _, key, _ in train_compare.ABLATION_COLUMNS} | {"ensemble": False}
     rows = {"cold": [row | {"backbone": "mobilenetv2_0.5", "top1": 0.984, "phase2_s": 524.0, "field_answered": 0.821},
                      row | {"backbone": "mobilenet_0.25", "top1": 0.972, "phase2_s": 97.0}],
             "shallow": [row | {"backbone": "mobilenetv2_0.5", "top1": 0.98, "phase2_s": 297.0, "field_answered": 0.75}]}
@@ -237,3 +251,22 @@ def test_the_depth_section_sets_each_shallow_backbone_beside_the_default(bench, 
     assert "mobilenet_0.25" not in section  # not fine-tuned shallower: nothing to set beside it
     assert "--run shallow --backbones=mobilenetv2:0.35,mobilenetv2:0.5 --frozen-until=mobilenetv2:0.35=block_12_add" in section
     assert section.count("--field-map ../shared/datasets/leeds-field/mapping.json") == 2  # both runs measured on it
+
+
+def test_the_size_section_sets_each_backbone_at_its_own_size_beside_the_configs(bench, tmp_path: Path, monkeypatch) -> None:
+    train_compare = bench("train_compare")
+    monkeypatch.setattr(train_compare, "OUT", tmp_path)
+    row = {key: None for _, key, _ in train_compare.ABLATION_COLUMNS} | {"ensemble": False}
+    v2 = row | {"backbone": "mobilenetv2_0.5"}
+    rows = {"cold": [v2 | {"top1": 0.988, "field_unknown_auroc": 0.917, "latency_ms": 17.9}],
+            "native-size": [v2 | {"top1": 0.992, "field_unknown_auroc": 0.887, "latency_ms": 10.4}]}
+    for run, table in rows.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "comparison.json").write_text(json.dumps(table))
+    (tmp_path / "cold" / "run.json").write_text('{"config": {"image_size": 288}}')
+    section = train_compare.size_section(Path("configs/butterflies50.toml"), None)
+    assert section.startswith("## Input size: the config's 288x288 vs the backbones' own 224x224")
+    assert "| test top-1, 288 / 224 |" in section
+    assert "| mobilenetv2_0.5 | 98.8% / 99.2% |" in section and "| 0.917 / 0.887 |" in section and "| 17.9 / 10.4 |" in section
+    assert "--run native-size --image-size=224 --config configs/butterflies50.toml" in section
+    assert "--field-data" not in section
