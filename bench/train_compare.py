@@ -3,7 +3,7 @@
 Named so as not to shadow the `training` package: a script's own folder comes first on sys.path.
 
 Run from the repository root (the longest of the benches: it trains every backbone of the config
-five times over, and the baseline; `--dry-run` only checks the paths):
+five times over, plus the ablation runs and the baseline; `--dry-run` only checks the paths):
 
     .venv/bin/python bench/train_compare.py [--config configs/butterflies50.toml] [--field DIR] [--resume] [--dry-run]
 
@@ -189,7 +189,7 @@ def ablation_section(config: Path, field: Path | None, run: str, heading: str, i
     `heading`, `intro` (what differs), then a table whose cells read "cold / run" (`names`)."""
     other = {row["backbone"]: row for row in results(run)}
     both = lambda fmt, a, b: " / ".join("–" if v is None else fmt.format(v) for v in (a, b))  # noqa: E731
-    rows = [{"backbone": r["backbone"], **{key: both(fmt, r.get(key), other[r["backbone"]].get(key))
+    rows = [{"backbone": r["backbone"], **{key: both(fmt, r[key], other[r["backbone"]][key])
                                            for _, key, fmt in ABLATION_COLUMNS}}
             for r in results("cold") if r["backbone"] in other]
     options = " ".join(["--config", paths.shown(config), "--output-dir", "bench/results", "--cache-dir", "bench/results/cache",
