@@ -140,17 +140,22 @@ def shallower(config: Path) -> list[str]:
             *(f"--frozen-until={spec}={SHALLOWER[parse_variant(spec).backbone.name]}" for spec in specs)] if specs else []
 
 
-def native_size(config: Path) -> list[str]:
-    """The "native-size" run's options: the config's backbones at their own input size (the
-    registry's), when the config asks for another size and they share one (none: the run is left out)."""
+def own_size(config: Path) -> int | None:
+    """The input size the config's backbones share in the registry, when the config asks for
+    another `image_size` (None otherwise: no native-size run)."""
     from training.backbones import parse_variant
     from training.config import load_config
 
     loaded = load_config(ROOT / config, {})
     own = {parse_variant(spec).size for spec in loaded.backbones}
-    if loaded.image_size is None or len(own) != 1 or loaded.image_size in own:
-        return []
-    return [f"--image-size={own.pop()}"]
+    return own.pop() if loaded.image_size is not None and len(own) == 1 and loaded.image_size not in own else None
+
+
+def native_size(config: Path) -> list[str]:
+    """The "native-size" run's options: the config's backbones at their own input size (none: the
+    run is left out)."""
+    size = own_size(config)
+    return [f"--image-size={size}"] if size else []
 
 
 def run_options(config: Path) -> dict[str, list[str]]:
@@ -227,12 +232,12 @@ def size_section(config: Path, field: Path | None) -> str:
     """The input size ablation: each backbone at the config's `image_size` (the cold run) and at its
     own (the native-size run)."""
     size = json.loads((OUT / "cold" / "run.json").read_text())["config"]["image_size"]
-    native = run_options(config)["native-size"][0].split("=")[1]
+    native = own_size(config)
     return ablation_section(
         config, field, "native-size", f"Input size: the config's {size}x{size} vs the backbones' own {native}x{native}",
         f"The config's `image_size` ({size}) feeds the backbones larger images than they were trained at on ImageNet "
         f"(their own: {native}); the native-size run trains them at their own size.",
-        (str(size), native))
+        (str(size), str(native)))
 
 
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
