@@ -28,11 +28,12 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 from sessions import once_per_session
 from shapes import CLASSES, make_dataset
 
 from app.inference import Classifier
-from runtime import imaging
+from runtime import imaging, second_look
 from runtime.litert import LiteRTModel
 from runtime.model_folder import OUTPUTS
 from training.artifacts import read_json
@@ -41,7 +42,8 @@ from training.config import Config
 from training.export import export
 from training.finetune import read_history
 from training.folder import scan
-from training.model import bottom, build_classifier, head, to_litert, top, unfreeze_top, with_class_maps
+from training import model as model_module
+from training.model import bottom, build_classifier, head, served_looks, to_litert, top, unfreeze_top, with_class_maps
 from training.runner import compare
 from training.standin import LABEL, STAND_IN, is_stand_in, write_all, write_stand_in_weights
 
@@ -121,6 +123,28 @@ def test_backbone_converts_with_its_class_maps(name, stand_in_dir, tmp_path):
         got = converted(image)
         np.testing.assert_allclose(got["probabilities"], wanted, atol=1e-4)
         assert got["class_maps"].shape[-1] == 3
+
+
+def test_served_looks_pad_short_batches_and_trace_once(monkeypatch):
+    """Training, compare's field columns and `predict` look at photos in batches whose size varies
+    (the last batch, the crops actually taken). Padded to one size, Keras traces its predict
+    function once, and each photo still gets the look it gets alone."""
+    from tiny_models import INPUT_SIZE, tiny_cam_model
+
+    keras.utils.set_random_seed(3)
+    served = tiny_cam_model(4)
+    monkeypatch.setattr(model_module, "with_class_maps", lambda classifier: served)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+              for h, w in [(40, 60), (32, 32), (90, 50), (45, 45), (70, 30)]]
+    looks = list(served_looks(served, images, batch_size=3))  # batches of 3 and 2, crops fewer
+    assert served.predict_function.experimental_get_tracing_count() == 1
+    alone = lambda pixels: {k: v[0] for k, v in served.predict_on_batch(pixels[None].astype("float32")).items()}  # noqa: E731
+    for image, look in zip(images, looks, strict=True):
+        wanted = second_look.look(image, alone, INPUT_SIZE)
+        assert look.box == wanted.box and (look.crop is None) == (wanted.crop is None)
+        for ours, theirs in zip(look.passes, wanted.passes, strict=True):
+            assert all(np.allclose(ours[name], theirs[name], atol=1e-5) for name in theirs)
 
 
 @pytest.mark.heavy

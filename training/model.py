@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from PIL import Image
 
@@ -126,16 +127,24 @@ def served_looks(classifier: keras.Model, images: Iterable[Image.Image],
     """Each image looked at as the app looks at an upload (`runtime.second_look.looks`: the whole
     image, then the crop around its evidence), through `with_class_maps(classifier)`, `batch_size`
     images per call: one call per image would spend most of its time in Keras' per-call overhead.
-    `images` is read a batch at a time, so a generator of decoded photos stays a batch in memory."""
+    `images` is read a batch at a time, so a generator of decoded photos stays a batch in memory.
+    Every call gets as many images as the first batch (a shorter one padded with blank images,
+    their outputs dropped): Keras traces its predict function again for each new batch size, and
+    the crops' batches vary. A single photo (`predict` on one file) stays a batch of one."""
     served = with_class_maps(classifier)
     size = tuple(classifier.input.shape[1:3])
+    images = iter(images)
+    batch = list(islice(images, batch_size))
+    width = len(batch)
 
     def predict(pixels):
-        return served.predict_on_batch(pixels.astype("float32"))
+        padded = np.zeros((width, *pixels.shape[1:]), "float32")
+        padded[:len(pixels)] = pixels
+        return {name: value[:len(pixels)] for name, value in served.predict_on_batch(padded).items()}
 
-    images = iter(images)
-    while batch := list(islice(images, batch_size)):
+    while batch:
         yield from second_look.looks(batch, predict, size)
+        batch = list(islice(images, batch_size))
 
 
 def to_litert(model: keras.Model, path: Path, optimizations: Sequence[tf.lite.Optimize] = (),
