@@ -161,8 +161,8 @@ def test_the_field_set_is_measured_on_each_run_with_that_runs_own_options(bench,
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     jobs = train_compare.field_jobs(config, cache, field)
     options = train_compare.run_options(config)
-    assert list(jobs) == ["field-cold", "field-no-field", "field-shallow", "field-native-size"]
-    for run, job in zip(("cold", "no-field", "shallow", "native-size"), jobs.values(), strict=True):
+    assert list(jobs) == ["field-cold", "field-no-smoothing", "field-no-field", "field-shallow", "field-native-size"]
+    for run, job in zip(("cold", "no-smoothing", "no-field", "shallow", "native-size"), jobs.values(), strict=True):
         training = train_compare.compare(config, run, cache, *options[run])
         assert job[:len(training)] == training  # the run's own training options, then the field set's
         assert job[len(training):] == train_compare.field_options(field)
@@ -201,8 +201,8 @@ def test_train_compare_resumes_after_the_last_recorded_job(bench, tmp_path: Path
     monkeypatch.setattr(train_compare, "OUT", tmp_path)
     config, cache, field = Path("configs/butterflies50.toml"), tmp_path / "cache", Path("../shared/datasets/leeds-field")
     names = list(train_compare.jobs(config, cache, field))
-    assert names == [*train_compare.RUNS, "shallow", "native-size", "field-cold", "field-no-field", "field-shallow",
-                     "field-native-size", "baseline"]
+    assert names == [*train_compare.RUNS, "shallow", "native-size", "field-cold", "field-no-smoothing", "field-no-field",
+                     "field-shallow", "field-native-size", "baseline"]
     ran, failures = [], ["no-smoothing"]
 
     def fake_job(args: list[str]) -> tuple[float, float]:
@@ -270,3 +270,25 @@ def test_the_size_section_sets_each_backbone_at_its_own_size_beside_the_configs(
     assert "| mobilenetv2_0.5 | 98.8% / 99.2% |" in section and "| 0.917 / 0.887 |" in section and "| 17.9 / 10.4 |" in section
     assert "--run native-size --image-size=224 --config configs/butterflies50.toml" in section
     assert "--field-data" not in section
+
+
+def test_the_smoothing_section_sets_each_backbone_trained_without_smoothing_beside_the_configs(
+        bench, tmp_path: Path, monkeypatch) -> None:
+    """Label smoothing is judged by what it does to telling unknown species apart, not by test top-1 alone."""
+    train_compare = bench("train_compare")
+    monkeypatch.setattr(train_compare, "OUT", tmp_path)
+    row = {key: None for _, key, _ in train_compare.ABLATION_COLUMNS} | {"ensemble": False}
+    v2 = row | {"backbone": "mobilenetv2_0.5"}
+    rows = {"cold": [v2 | {"top1": 0.988, "unknown_auroc": 0.984, "field_unknown_auroc": 0.917},
+                     row | {"backbone": "mobilenet_0.25", "top1": 0.98}],
+            "no-smoothing": [v2 | {"top1": 0.98, "unknown_auroc": 0.922, "field_unknown_auroc": 0.861}]}
+    for run, table in rows.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "comparison.json").write_text(json.dumps(table))
+    (tmp_path / "cold" / "run.json").write_text('{"config": {"label_smoothing": 0.1}}')
+    section = train_compare.smoothing_section(Path("configs/butterflies50.toml"), Path("../shared/datasets/leeds-field"))
+    assert section.startswith("## Label smoothing: 0.1 (the config's) vs off")
+    assert "| held-out species AUROC, 0.1 / off |" in section
+    assert "| mobilenetv2_0.5 | 98.8% / 98.0% | 0.984 / 0.922 |" in section and "| 0.917 / 0.861 |" in section
+    assert "mobilenet_0.25" not in section  # not in the no-smoothing run: nothing to set beside it
+    assert "--run no-smoothing --label-smoothing 0 --config configs/butterflies50.toml" in section

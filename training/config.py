@@ -90,7 +90,8 @@ class Config:
     field_share: float = 0.25
 
     # Both phases: the loss's target puts `label_smoothing` of its mass evenly on every class,
-    # which keeps a 50-class head from growing overconfident on a few thousand images.
+    # which keeps a 50-class head from growing overconfident on a few thousand images: without it,
+    # unknown species and field photos fare worse (docs/BENCHMARKS.md, "Label smoothing").
     label_smoothing: float = 0.1
 
     # Phase 1: the head (pooling -> dropout -> dense softmax) on cached features.
