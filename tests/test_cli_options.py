@@ -53,7 +53,7 @@ def transfer_run(out: Outcome) -> None:
     assert config["frozen_until"] == "conv_pw_12_relu"  # --frozen-until (the registry's: conv_pw_11_relu)
     settings = config["settings"]
     assert settings["dropout"] == 0.3 and settings["head_patience"] == 5  # --config
-    assert (settings["batch_size"], settings["seed"], settings["label_smoothing"]) == (8, 5, 0.2)
+    assert (settings["batch_size"], settings["seed"], settings["label_smoothing"]) == (8, 5, 0.3)
     assert (settings["head_learning_rate"], settings["fine_tune_learning_rate"]) == (0.01, 1e-3)
     assert config["fine_tune_learning_rate"] == pytest.approx(2e-3)  # the registry's 2x for MobileNet
     assert (settings["mixed_precision"], settings["strategy"]) == (True, "mirrored")
@@ -171,7 +171,7 @@ def help_of(command: str) -> Callable[[Outcome], None]:
 ROWS = [
     Row(("compare", "--config", "{config}", "--data", "{data}", "--backbones", "mobilenet:0.25", "--run", "named",
          "--output-dir", "runs", "--cache-dir", "cache", "--weights-dir", "{standins}", "--image-size", "32",
-         "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.2",
+         "--batch-size", "8", "--seed", "5", "--head-epochs", "2", "--label-smoothing", "0.3",
          "--head-learning-rate", "0.01", "--fine-tune-epochs", "1", "--fine-tune-learning-rate", "1e-3",
          "--augment-views", "2", "--field-share", "0.5", "--extract-engine", "keras", "--mixed-precision", "--strategy",
          "mirrored", "--frozen-until", "mobilenet:0.25=conv_pw_12_relu"), transfer_run, heavy=True),

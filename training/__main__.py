@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--batch-size", type=int)
     compare.add_argument("--seed", type=int)
     compare.add_argument("--head-epochs", type=int)
-    compare.add_argument("--label-smoothing", type=float, help="target mass spread over all classes (default 0.1)")
+    compare.add_argument("--label-smoothing", type=float, help="target mass spread over all classes (default 0.2)")
     compare.add_argument("--head-learning-rate", type=float)
     compare.add_argument("--fine-tune-epochs", type=int)
     compare.add_argument("--fine-tune-learning-rate", type=float)

@@ -246,8 +246,8 @@ class BackboneRun:
         train, valid = self.frozen_outputs
         plain = len(self.dataset.splits["train"])  # view 0: the training images as they are
         frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
-        train_pooled, _ = pooled_and_logits(self.classifier, frozen_until, train.activations[:plain], batch_size)
-        valid_pooled, valid_logits = pooled_and_logits(self.classifier, frozen_until, valid.activations, batch_size)
+        (train_pooled, _), (valid_pooled, valid_logits) = pooled_and_logits(
+            self.classifier, frozen_until, [train.activations[:plain], valid.activations], batch_size)
         seen = trust.Seen.of(self.looks("valid"))
         measured, predictions, bank = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
                                                     valid_logits, seen, len(self.dataset.classes), self.config.seed)

@@ -102,13 +102,15 @@ class Predictions:
             return cls(arrays["valid_logits"], folds)
 
 
-def pooled_and_logits(classifier: keras.Model, frozen_until: str | None, activations: np.ndarray,
-                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The classifier's pooled features and logits for cached activations of its frozen bottom."""
+def pooled_and_logits(classifier: keras.Model, frozen_until: str | None, splits: list[np.ndarray],
+                      batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The classifier's pooled features and logits for each split's cached activations of its
+    frozen bottom, through one model: Keras traces its predict function again for every model."""
     features = top(classifier, frozen_until, pooled_only=True)
-    pooled = features.predict(batches((activations, np.zeros(len(activations))), batch_size), verbose=0)
     weights, bias = classifier.get_layer("logits").get_weights()
-    return pooled, pooled @ weights + bias
+    pooled = [features.predict(batches((activations, np.zeros(len(activations))), batch_size), verbose=0)
+              for activations in splits]
+    return [(split, split @ weights + bias) for split in pooled]
 
 
 def folds_for(classes: int) -> tuple[int, int]:
