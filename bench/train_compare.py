@@ -166,7 +166,8 @@ def run_options(config: Path) -> dict[str, list[str]]:
     return {**RUNS, **{run: options for run, options in ablations.items() if options}}
 
 
-FIELD_RUNS = ("cold", "no-smoothing", "no-field", "shallow", "native-size")  # the runs the field set is measured on, when there is one
+# The runs the field set is measured on, when there is one.
+FIELD_RUNS = ("cold", "no-smoothing", "no-field", "shallow", "native-size")
 
 
 def field_jobs(config: Path, cache: Path, field: Path | None) -> dict[str, list[str]]:

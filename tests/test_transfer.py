@@ -31,18 +31,19 @@ import pytest
 from PIL import Image
 from sessions import once_per_session
 from shapes import CLASSES, make_dataset
+from tiny_models import INPUT_SIZE, tiny_cam_model
 
 from app.inference import Classifier
 from runtime import imaging, second_look
 from runtime.litert import LiteRTModel
 from runtime.model_folder import OUTPUTS
+from training import model as model_module
 from training.artifacts import read_json
 from training.backbones import REGISTRY, build_base, parse_variant
 from training.config import Config
 from training.export import export
 from training.finetune import read_history
 from training.folder import scan
-from training import model as model_module
 from training.model import bottom, build_classifier, head, served_looks, to_litert, top, unfreeze_top, with_class_maps
 from training.runner import compare
 from training.standin import LABEL, STAND_IN, is_stand_in, write_all, write_stand_in_weights
@@ -129,8 +130,6 @@ def test_served_looks_pad_short_batches_and_trace_once(monkeypatch):
     """Training, compare's field columns and `predict` look at photos in batches whose size varies
     (the last batch, the crops actually taken). Padded to one size, Keras traces its predict
     function once, and each photo still gets the look it gets alone."""
-    from tiny_models import INPUT_SIZE, tiny_cam_model
-
     keras.utils.set_random_seed(3)
     served = tiny_cam_model(4)
     monkeypatch.setattr(model_module, "with_class_maps", lambda classifier: served)
