@@ -51,8 +51,6 @@ from training.finetune import batches
 from training.model import top
 
 SERVED_SCORE = "+".join(unknown.COMBINED)  # "max_softmax+knn"
-HELD_OUT_SHARE = 0.2  # of the classes, left out in each fold (10 of 50)
-FOLDS = 5
 PREDICTIONS_FILE = "trust.npz"
 
 
@@ -113,13 +111,6 @@ def pooled_and_logits(classifier: keras.Model, frozen_until: str | None, splits:
     return [(split, split @ weights + bias) for split in pooled]
 
 
-def folds_for(classes: int) -> tuple[int, int]:
-    """(classes held out per fold, folds): a fifth of the classes, up to five disjoint folds,
-    and at least two classes kept, so that every fold still trains a classifier."""
-    held_out = max(1, round(HELD_OUT_SHARE * classes))
-    return held_out, min(FOLDS, classes // held_out, classes - 2)
-
-
 def held_out_species(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray], held_out: int,
                      folds: int, seed: int) -> tuple[list[unknown.Fold], list[FoldLogits]]:
     """`unknown.held_out_species`, keeping each fold head's logits as well. The folds depend on
@@ -153,7 +144,7 @@ def measure(train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.nd
     ranks = unknown.RankCombination.fit(known)
     settings = {"temperature": temperature, "score": SERVED_SCORE, "k": bank.k,
                 "ranks": {name: quantiles.tolist() for name, quantiles in ranks.quantiles.items()}}
-    held_out, folds = folds_for(classes)
+    held_out, folds = unknown.folds_for(classes)
     if folds < 1:
         return ({**settings, "threshold": unknown.threshold_at_tpr(ranks.score(known)), "held_out": None, "scores": {}},
                 Predictions(valid_logits, []), bank.features)

@@ -42,6 +42,8 @@ from runtime import answer
 from training import calibration
 
 TARGET_TPR = 0.95
+HELD_OUT_SHARE = 0.2  # of the classes, left out in each fold (10 of 50)
+FOLDS = 5
 SCORES = ("max_softmax", "max_logit", "energy", "knn", "mahalanobis")
 COMBINED = ("max_softmax", "knn")  # the rank combination, as "max_softmax+knn": the score the app serves (`training.trust`)
 # The feature bank the app ships: 50 training images per class. On held-out species a bigger bank
@@ -158,6 +160,13 @@ class Fold:
     held_out: np.ndarray
     known: dict[str, np.ndarray]
     unknown: dict[str, np.ndarray]
+
+
+def folds_for(classes: int) -> tuple[int, int]:
+    """(classes held out per fold, folds): a fifth of the classes, up to five disjoint folds,
+    and at least two classes kept, so that every fold still trains a classifier."""
+    held_out = max(1, round(HELD_OUT_SHARE * classes))
+    return held_out, min(FOLDS, classes // held_out, classes - 2)
 
 
 def species_folds(num_classes: int, held_out: int, folds: int, seed: int) -> list[np.ndarray]:
