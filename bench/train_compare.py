@@ -309,7 +309,8 @@ def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False
     framed = [{**test, "field_full": on_field["full"], "field_other": on_field["other"], "field_gain": on_field["gain"]}
               for test, on_field in zip(framing, framing_field, strict=True)]
     ensemble = results("cold", ensemble=True)[len(full):]
-    share = json.loads((OUT / "cold" / "run.json").read_text())["config"]["field_share"]
+    recipe = json.loads((OUT / "cold" / "run.json").read_text())["config"]
+    share, size = recipe["field_share"], recipe["image_size"] or "each backbone's own"
     phase1 = sum(row["phase1_s"] for row in full)
     warm_phase1 = sum(row["phase1_s"] for row in warm)
     best = max(row["top1"] for row in full)
@@ -329,7 +330,9 @@ def benchmark(config: Path, data: Path, field: Path | None, resume: bool = False
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPU cores, no GPU, Python "
         f"{platform.python_version()}. Reproduce: `.venv/bin/python bench/train_compare.py --config "
-        f"{paths.shown(config)}`. Test split: {count} images (one image = {100 / count:.2g} points).",
+        f"{paths.shown(config)}`. Recipe: {size} px, label smoothing "
+        f"{recipe['label_smoothing']:g}, seed {recipe['seed']}. Test split: {count} images (one image = "
+        f"{100 / count:.2g} points).",
         "",
         "### Full recipe (cached features, head, fine-tuning of the top blocks), cold cache",
         table(full, [("backbone", "{backbone}"), ("test top-1", "{top1:.1%}"), ("top-5", "{top5:.1%}"),
