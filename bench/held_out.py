@@ -25,9 +25,9 @@ seed), so fold 0 here is fold 0 there. The dataset is read in place: the fold's 
 folder of links to the kept class folders, under bench/results/held-out (git-ignored), with the
 runs. `compare` resumes a run that stopped; `predict` is run again each time (a few minutes).
 
-Run from the repository root: `.venv/bin/python bench/held_out.py --folds 0` (about half an
-hour per fold for the default backbone on 2 CPU cores); it records its section of
-docs/BENCHMARKS.md (`--no-record` to print it instead).
+Run from the repository root: `.venv/bin/python bench/held_out.py` (every fold; `--folds 0` for
+one: 20 to 30 minutes per fold for the default backbone on 2 CPU cores); it records its section
+of docs/BENCHMARKS.md (`--no-record` to print it instead).
 """
 
 from __future__ import annotations
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     paths.add_options(parser)
     parser.add_argument("--backbone", default=BACKBONE, help="the backbone to train (default: %(default)s)")
-    parser.add_argument("--folds", default="0", help="comma-separated folds of the trust step to hold out (default: 0)")
+    parser.add_argument("--folds", default=None,
+                        help="comma-separated folds of the trust step to hold out, e.g. 0 (default: every fold)")
     parser.add_argument("--field", type=Path, default=FIELD,
                         help="a field set: images/ of class folders and mapping.json (default: leeds-field; "
                              "skipped with a note when absent)")
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     seed = paths.settings(args.config).get("seed", Config.seed)
     classes, folds = held_out_classes(data, seed)
     try:
-        chosen = [int(number) for number in args.folds.split(",")]
+        chosen = list(range(len(folds))) if args.folds is None else [int(number) for number in args.folds.split(",")]
     except ValueError:
         sys.exit(f"--folds {args.folds}: not comma-separated numbers")
     if not all(0 <= number < len(folds) for number in chosen):

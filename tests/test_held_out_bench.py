@@ -67,9 +67,11 @@ def work(tmp_path, monkeypatch) -> Path:
 
 def test_a_dry_run_names_the_folds_species_from_the_trust_steps_folds(tmp_path, work, capsys):
     data = make_data(tmp_path / "data", counts=(1, 1, 1))
-    assert not held_out.main(["--config", str(write_config(tmp_path, data)), "--folds", "0,1", "--dry-run",
-                              "--field", str(tmp_path / "none")])
+    config = write_config(tmp_path, data)
+    assert not held_out.main(["--config", str(config), "--folds", "0,1", "--dry-run", "--field", str(tmp_path / "none")])
     said = capsys.readouterr().err
+    assert not held_out.main(["--config", str(config), "--dry-run"])
+    assert capsys.readouterr().err.count("\nfold ") == 4  # by default, every fold of the trust step
     from training import unknown
 
     folds = unknown.species_folds(6, *unknown.folds_for(6), seed=1337)  # the config's seed: the default
@@ -132,3 +134,10 @@ def test_the_bench_trains_without_the_fold_and_shows_it_those_species(tmp_path, 
     assert result["field"]["field_top1"] is not None  # the field set was measured, its held species unknown
     section = capsys.readouterr().out
     assert f"| 0 (vgg16) | {held[0]} |" in section and "the fold's species unknown too" in section
+
+
+def test_the_bench_explains_its_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        held_out.main(["--help"])
+    usage = capsys.readouterr().out
+    assert stop.value.code == 0 and all(option in usage for option in ("--config", "--dry-run", "--folds", "--field"))
