@@ -57,6 +57,7 @@ FULL = ROOT / "bench" / "results" / "cold"  # the full run (bench/train_compare.
 FIELD = Path("../shared/datasets/leeds-field")
 BACKBONE = "mobilenetv2:0.5"  # the config's best backbone (docs/BENCHMARKS.md, comparison table)
 SPLITS = ("train", "valid", "test")
+WEAK_AUROC = 0.95  # held-out species below this, each alone, are listed with the species they pass for
 
 
 def held_out_classes(data: Path, seed: int) -> tuple[list[str], list[list[str]]]:
@@ -132,6 +133,22 @@ def measured(known: list[dict], held: list[dict]) -> dict[str, float]:
             "known": len(known), "held": len(held)}
 
 
+def per_species(known: list[dict], held: list[dict]) -> list[dict]:
+    """Each held-out species alone against the known images: AUROC, "not sure" share, and the
+    known species it is most often named as (`top1`, whatever the answer), weakest first."""
+    known_scores = np.array([row["score"] for row in known])
+    species = []
+    for name in sorted({row["class"] for row in held}):
+        rows = [row for row in held if row["class"] == name]
+        named = [row["top1"] for row in rows]
+        twin = max(sorted(set(named)), key=named.count)
+        species.append({"species": name, "images": len(rows),
+                        "auroc": unknown.auroc(known_scores, np.array([row["score"] for row in rows])),
+                        "not_sure": sum(row["answer"] == "not sure" for row in rows) / len(rows),
+                        "named": twin, "named_count": named.count(twin)})
+    return sorted(species, key=lambda entry: entry["auroc"])
+
+
 def trust_claim(model: Path) -> dict[str, float]:
     """What a backbone folder's trust step says of its served score on its own held-out species."""
     trust = json.loads((model / "trust.json").read_text(encoding="utf-8"))
@@ -156,7 +173,8 @@ def fold(config: Path, data: Path, field: Path | None, backbone: str, number: in
     known = answers(model, WORK / f"fold{number}-known", WORK / f"fold{number}-known.csv")
     unseen = answers(model, WORK / f"fold{number}-held", WORK / f"fold{number}-held.csv")
     return {"fold": number, "held": held, "backbone": row["backbone"], "top1": row["top1"],
-            "served": measured(known, unseen), "claimed": trust_claim(model), "field": row if field else None,
+            "served": measured(known, unseen), "species": per_species(known, unseen), "claimed": trust_claim(model),
+            "field": row if field else None,
             "minutes": (time.monotonic() - started) / 60}
 
 
@@ -193,6 +211,18 @@ def report(results: list[dict], field: Path | None, command: str) -> str:
             + f" | {served['answered']:.1%} / {served['right']:.1%} / {served['not_sure']:.1%} |")
     lines += ["", f"Images: {results[0]['served']['known']} known, "
               + ", ".join(f"fold {r['fold']}: {r['served']['held']} held out" for r in results) + "."]
+    if len(results) > 1:
+        lines += ["", "Mean over the folds: held out AUROC {:.3f} / FPR@95 {:.1%}; answered / right / held out "
+                  "\"not sure\" {:.1%} / {:.1%} / {:.1%}.".format(
+                      *(np.mean([r["served"][key] for r in results])
+                        for key in ("auroc", "fpr95", "answered", "right", "not_sure")))]
+    weak = [(r["fold"], entry) for r in results for entry in r["species"] if entry["auroc"] < WEAK_AUROC]
+    lines += ["", f"Held-out species told apart from the known ones with AUROC under {WEAK_AUROC:g}, each alone, and "
+              "the known species their images are most often named as:", "",
+              "| fold | species held out | images | AUROC | \"not sure\" | mostly named as |", "|---|---|---|---|---|---|",
+              *(f"| {number} | {e['species']} | {e['images']} | {e['auroc']:.3f} | {e['not_sure']:.1%} | "
+                f"{e['named']} ({e['named_count']} of {e['images']}) |" for number, e in weak)] if weak else [
+              "", f"Every held-out species alone: AUROC {WEAK_AUROC:g} or more."]
     if field:
         lines += [
             "",

@@ -113,6 +113,18 @@ def test_the_served_score_is_measured_against_the_held_out_images():
     assert (result["known"], result["held"]) == (3, 2)
 
 
+def test_each_held_out_species_is_measured_alone_weakest_first():
+    known = [{"score": 0.9}, {"score": 0.8}]
+    held = [{"class": "twin", "score": 0.95, "answer": "red", "top1": "red"},
+            {"class": "twin", "score": 0.85, "answer": "red", "top1": "red"},
+            {"class": "twin", "score": 0.1, "answer": "not sure", "top1": "blue"},
+            {"class": "odd", "score": 0.1, "answer": "not sure", "top1": "blue"}]
+    twin, odd = held_out.per_species(known, held)
+    assert (odd["species"], odd["auroc"], odd["not_sure"]) == ("odd", 1.0, 1.0)
+    assert twin["species"] == "twin" and twin["auroc"] == pytest.approx(3 / 6)  # known above it in 3 of 6 pairs
+    assert (twin["named"], twin["named_count"], twin["images"]) == ("red", 2, 3)
+
+
 @pytest.mark.heavy
 def test_the_bench_trains_without_the_fold_and_shows_it_those_species(tmp_path, work, capsys):
     data = make_data(tmp_path / "data")
@@ -128,6 +140,7 @@ def test_the_bench_trains_without_the_fold_and_shows_it_those_species(tmp_path, 
     served = result["served"]
     assert served["known"] == 4 * len(kept) and served["held"] == (12 + 4 + 4) * len(held)
     assert 0 <= served["auroc"] <= 1 and 0 <= served["not_sure"] <= 1
+    assert [entry["species"] for entry in result["species"]] == held
     trained = json.loads((work / "fold0" / "vgg16" / "labels.json").read_text())
     assert held[0] not in json.dumps(trained) and kept[0] in json.dumps(trained)  # never trained on the fold
     assert json.loads((work / "fold0-mapping.json").read_text()) == {"k": kept[0], "h": None, "u": None}
