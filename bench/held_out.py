@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     results = [fold(args.config, data, field, args.backbone, number, folds[number], classes) for number in chosen]
     (WORK / "held_out.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    section = report(results, field, ".venv/bin/python bench/held_out.py " + " ".join(argv or sys.argv[1:]))
+    section = report(results, field, " ".join([".venv/bin/python bench/held_out.py", *(argv or sys.argv[1:])]))
     print(section)
     if not args.no_record:
         sections.record("held_out", section)
