@@ -41,9 +41,9 @@ slug: setup
 # Works from a clean clone: train_compare.py trains the runs it measures (bench/results/), field.py
 # measures the cold run's models on leeds-field (and a frozen-feature pilot), and
 # serving.py exports the best of a finished run when saved_models/deploy holds no model yet;
-# held_out.py trains the recipe again without one fold of species and shows it them (the honest
-# leave-species-out figure); suite.py times `make test`'s pytest run. After a failure, `bench/train_compare.py --resume` runs
-# only its jobs not yet recorded in bench/results/jobs.json.
+# held_out.py trains the recipe again without each fold of species and shows it them (the honest
+# leave-species-out figure); suite.py times `make test`'s pytest run. After a failure,
+# `bench/train_compare.py --resume` runs only its jobs not yet recorded in bench/results/jobs.json.
 bench: setup
 	$(PY) bench/extraction.py --config $(CONFIG)
 	$(PY) bench/train_compare.py --config $(CONFIG)

@@ -102,18 +102,19 @@ def fold_mapping(field: Path, held: list[str], out: Path) -> Path:
     return out
 
 
-def run(*args: str) -> None:
-    """`python -m training ...` as a user runs it; a failure stops the bench with the command's own message."""
+def run(*args: str, quiet: bool = False) -> None:
+    """`python -m training ...` as a user runs it, its progress and messages shown (`quiet`: what it
+    prints on stdout left out); a failure stops the bench, the command's own message above."""
     command = [sys.executable, "-m", "training", *args]
     print("$ python", " ".join(paths.shown(Path(a)) if os.path.isabs(a) else a for a in command[1:]), file=sys.stderr)
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL if quiet else None)
     if done.returncode:
-        sys.exit(f"python -m training {args[0]} failed:\n{done.stderr.strip()[-2000:]}")
+        sys.exit(f"python -m training {args[0]} failed (exit status {done.returncode}): its message is above")
 
 
 def answers(model: Path, images: Path, out: Path) -> list[dict]:
     """`predict`'s CSV rows for every image under `images`, each with its true class (its folder's name)."""
-    run("predict", "--model", str(model), str(images), "--output", str(out))
+    run("predict", "--model", str(model), str(images), "--output", str(out), quiet=True)  # a line per image
     with open(out, newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     failed = [row["image"] for row in rows if row["error"]]

@@ -154,3 +154,13 @@ def test_the_bench_explains_its_options(capsys):
         held_out.main(["--help"])
     usage = capsys.readouterr().out
     assert stop.value.code == 0 and all(option in usage for option in ("--config", "--dry-run", "--folds", "--field"))
+
+
+def test_a_failing_training_run_stops_the_bench_after_its_own_message(tmp_path, work, capfd):
+    data = make_data(tmp_path / "data", counts=(1, 1, 1))
+    config = write_config(tmp_path, data)
+    config.write_text(config.read_text().replace("head_epochs = 20", "head_epochs = 0"))
+    with pytest.raises(SystemExit) as stop:
+        held_out.main(["--config", str(config), "--folds", "0", "--field", str(tmp_path / "none")])
+    assert str(stop.value.code).startswith("python -m training compare failed (exit status")
+    assert "head_epochs" in capfd.readouterr().err  # compare's own message, naming the setting
