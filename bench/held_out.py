@@ -156,31 +156,29 @@ def trust_claim(model: Path) -> dict[str, float]:
     return trust["scores"][trust["score"]]
 
 
-def fold(config: Path, data: Path, field: Path | None, backbone: str, number: int, held: list[str],
+def fold(config: Path, data: Path, field: Path | None, backbone: str, index: int, held: list[str],
          classes: list[str]) -> dict:
-    """Train the recipe without fold `number`'s species (or resume it), then measure it."""
-    dataset, run_name = WORK / f"fold{number}-data", f"fold{number}"
+    """Train the recipe without fold `index`'s species (or resume it), then measure it."""
+    dataset, run_name = WORK / f"fold{index}-data", f"fold{index}"
     link_classes(data, [name for name in classes if name not in held], dataset)
-    link_images(data, ("test",), [name for name in classes if name not in held], WORK / f"fold{number}-known")
-    link_images(data, SPLITS, held, WORK / f"fold{number}-held")
+    link_images(data, ("test",), [name for name in classes if name not in held], WORK / f"fold{index}-known")
+    link_images(data, SPLITS, held, WORK / f"fold{index}-held")
     field_options = (["--field-data", str(field / "images"),
-                      "--field-map", str(fold_mapping(field, held, WORK / f"fold{number}-mapping.json"))]
+                      "--field-map", str(fold_mapping(field, held, WORK / f"fold{index}-mapping.json"))]
                      if field else [])
-    started = time.monotonic()
     run("compare", "--config", str(config), "--data", str(dataset), "--backbones", backbone, "--run", run_name,
         "--output-dir", str(WORK), "--cache-dir", str(CACHE), *field_options)
     row = next(row for row in json.loads((WORK / run_name / "comparison.json").read_text()) if not row.get("ensemble"))
     model = WORK / run_name / row["backbone"]
-    known = answers(model, WORK / f"fold{number}-known", WORK / f"fold{number}-known.csv")
-    unseen = answers(model, WORK / f"fold{number}-held", WORK / f"fold{number}-held.csv")
-    return {"fold": number, "held": held, "backbone": row["backbone"], "top1": row["top1"],
+    known = answers(model, WORK / f"fold{index}-known", WORK / f"fold{index}-known.csv")
+    unseen = answers(model, WORK / f"fold{index}-held", WORK / f"fold{index}-held.csv")
+    return {"fold": index, "held": held, "backbone": row["backbone"], "top1": row["top1"],
             "served": measured(known, unseen), "species": per_species(known, unseen), "claimed": trust_claim(model),
-            "field": row if field else None,
-            "minutes": (time.monotonic() - started) / 60}
+            "field": row if field else None}
 
 
 def percent(value: float | None) -> str:
-    """A share as the section shows it; "–" where there was nothing to count (e.g. no answers)."""
+    """A share as the comparison table shows it (`training.report`, which imports TensorFlow): "–" for none."""
     return "–" if value is None else f"{value:.1%}"
 
 
@@ -221,8 +219,8 @@ def report(results: list[dict], field: Path | None, command: str) -> str:
     lines += ["", f"Held-out species told apart from the known ones with AUROC under {WEAK_AUROC:g}, each alone, and "
               "the known species their images are most often named as:", "",
               "| fold | species held out | images | AUROC | \"not sure\" | mostly named as |", "|---|---|---|---|---|---|",
-              *(f"| {number} | {e['species']} | {e['images']} | {e['auroc']:.3f} | {e['not_sure']:.1%} | "
-                f"{e['named']} ({e['named_count']} of {e['images']}) |" for number, e in weak)] if weak else [
+              *(f"| {index} | {e['species']} | {e['images']} | {e['auroc']:.3f} | {e['not_sure']:.1%} | "
+                f"{e['named']} ({e['named_count']} of {e['images']}) |" for index, e in weak)] if weak else [
               "", f"Every held-out species alone: AUROC {WEAK_AUROC:g} or more."]
     if field:
         lines += [
@@ -262,19 +260,19 @@ def main(argv: list[str] | None = None) -> None:
     seed = paths.settings(args.config).get("seed", Config.seed)
     classes, folds = held_out_classes(data, seed)
     try:
-        chosen = list(range(len(folds))) if args.folds is None else [int(number) for number in args.folds.split(",")]
+        chosen = list(range(len(folds))) if args.folds is None else [int(index) for index in args.folds.split(",")]
     except ValueError:
         sys.exit(f"--folds {args.folds}: not comma-separated numbers")
-    if not all(0 <= number < len(folds) for number in chosen):
+    if not all(0 <= index < len(folds) for index in chosen):
         sys.exit(f"--folds {args.folds}: {paths.shown(data)} has folds 0 to {len(folds) - 1}")
     print(f"{paths.shown(args.config)}: data {paths.shown(data)}; field set: "
           f"{paths.shown(field) if field else f'none ({args.field} has no images/ and mapping.json)'}; runs written "
           f"to {paths.shown(WORK)}", file=sys.stderr)
-    for number in chosen:
-        print(f"fold {number}: {', '.join(folds[number])}", file=sys.stderr)
+    for index in chosen:
+        print(f"fold {index}: {', '.join(folds[index])}", file=sys.stderr)
     if args.dry_run:
         return
-    results = [fold(args.config, data, field, args.backbone, number, folds[number], classes) for number in chosen]
+    results = [fold(args.config, data, field, args.backbone, index, folds[index], classes) for index in chosen]
     (WORK / "held_out.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     section = report(results, field, " ".join([".venv/bin/python bench/held_out.py", *(argv or sys.argv[1:])]))
     print(section)
