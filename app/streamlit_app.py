@@ -238,11 +238,15 @@ def could_be(result: Answer) -> str:
     return ", ".join(f"{label} ({probability:.0%})" for label, probability in result.could_be)
 
 
-def show_answer(photo: Image.Image, seen: Seen, subject: str) -> None:
+def show_answer(photo: Image.Image, seen: Seen, classifier: Classifier) -> None:
     """The answer, the heatmap of where the model found its top class, and the top-5 probabilities."""
-    result = seen.answer
+    result, subject = seen.answer, classifier.card["subject"]
     st.subheader(headline(result))
     if result.sure:
+        # Measured (docs/BENCHMARKS.md, "Species held out of training altogether"): a species the
+        # model never saw that looks like one it knows is named as that one, often with confidence.
+        st.caption(f"The model names only the {len(classifier.labels)} it knows (listed on this page): "
+                   f"a {subject} it does not know can be named as a look-alike among them.")
         caption = f"Where the model saw “{result.label}”"
     else:
         st.markdown(f"The model is not sure this is a {subject} it knows. Could be: {could_be(result)}.")
@@ -323,6 +327,8 @@ def predict_page(root: Path, classifier: Classifier) -> None:
     subject = classifier.card["subject"]
     st.title(f"Which {subject} is it?")
     st.caption(describe(classifier))
+    with st.expander(f"Which {subject} it knows ({len(classifier.labels)})"):
+        st.markdown(", ".join(sorted(classifier.labels)))
     photos = choose_photos(root)
     if not photos:
         return
@@ -346,10 +352,10 @@ def one_photo(name: str, data: bytes, classifier: Classifier) -> None:
         st.image(with_box(image, box), caption=name)
     with right:
         if box == suggested:
-            show_answer(image, see(image, classifier, full, box), classifier.card["subject"])
+            show_answer(image, see(image, classifier, full, box), classifier)
         else:  # the visitor framed the subject: what they framed is the photo, as if they had uploaded it
             framed = image.crop(box)
-            show_answer(framed, see(framed, classifier, *first_look(framed, classifier)), classifier.card["subject"])
+            show_answer(framed, see(framed, classifier, *first_look(framed, classifier)), classifier)
 
 
 def many_photos(photos: list[tuple[str, bytes]], classifier: Classifier) -> None:
@@ -413,7 +419,7 @@ def side_by_side(name: str, data: bytes, classifiers: list[Classifier]) -> None:
     for column, classifier, image in zip(st.columns(len(classifiers)), classifiers, images):
         with column:
             st.markdown(f"**{describe(classifier)}**")
-            show_answer(image, see(image, classifier, *first_look(image, classifier)), classifier.card["subject"])
+            show_answer(image, see(image, classifier, *first_look(image, classifier)), classifier)
 
 
 def about_page(root: Path, classifier: Classifier) -> None:

@@ -74,6 +74,15 @@ def test_a_photo_the_model_is_sure_about_is_named(
     assert expected.score >= default_model.card["unknown"]["threshold"]
     assert [heading.value for heading in app.subheader] == [f"{expected.label} ({expected.confidence:.1%})"]
     assert not [markdown for markdown in app.markdown if "Could be" in markdown.value]
+    (warning,) = [caption.value for caption in app.caption if "look-alike" in caption.value]
+    assert f"only the {len(default_model.labels)} it knows" in warning
+
+
+def test_the_page_lists_the_classes_the_model_knows(app: AppTest, default_model: Classifier) -> None:
+    app.run()
+    (known,) = app.expander
+    assert known.label == f"Which {default_model.card['subject']} it knows ({len(default_model.labels)})"
+    assert known.markdown[0].value.split(", ") == sorted(default_model.labels)
 
 
 def test_a_photo_the_model_is_not_sure_about_gets_no_species_name(
@@ -86,6 +95,7 @@ def test_a_photo_the_model_is_not_sure_about_gets_no_species_name(
     expected = expected_answer(default_model, name, data)
     assert expected.score < default_model.card["unknown"]["threshold"]
     assert [heading.value for heading in app.subheader] == ["Not sure"]
+    assert not [caption for caption in app.caption if "look-alike" in caption.value]
     (text,) = [markdown.value for markdown in app.markdown if "Could be" in markdown.value]
     assert all(f"{label} ({probability:.0%})" in text for label, probability in expected.could_be)
     assert len(expected.could_be) == 5 and "**" not in text, "candidates, never a bold species name"
