@@ -245,7 +245,7 @@ def show_answer(photo: Image.Image, seen: Seen, classifier: Classifier) -> None:
     if result.sure:
         # Measured (docs/BENCHMARKS.md, "Species held out of training altogether"): a species the
         # model never saw that looks like one it knows is named as that one, often with confidence.
-        st.caption(f"The model names only the {len(classifier.labels)} it knows (listed on this page): "
+        st.caption(f"The model names only the {len(classifier.labels)} it knows: "
                    f"a {subject} it does not know can be named as a look-alike among them.")
         caption = f"Where the model saw “{result.label}”"
     else:
