@@ -181,6 +181,8 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     """A trained backbone folder's classifier (model.keras): its backbone's feature map and its head."""
     import keras
 
+    from training.trust import served_head
+
     labels = json.loads((folder / "labels.json").read_text(encoding="utf-8"))
     labels = labels["classes"] if isinstance(labels, dict) else labels
     if labels != classes:
@@ -188,13 +190,12 @@ def trained_model(folder: Path, classes: list[str]) -> Model:
     classifier = keras.saving.load_model(folder / "model.keras", compile=False)
     inputs = keras.Input(classifier.input.shape[1:])
     x = classifier.get_layer("backbone")(classifier.get_layer("preprocess")(inputs), training=False)
-    weights, bias = classifier.get_layer("logits").get_weights()
     digest = hashlib.md5((folder / "model.keras").read_bytes()).hexdigest()[:10]
     key = f"trained-{folder.name}-{digest}"
     path = WORK / "cache" / key / "feature_map.tflite"
     path.parent.mkdir(parents=True, exist_ok=True)
     trust = json.loads((folder / "trust.json").read_text(encoding="utf-8"))
-    head = unknown.LinearHead(weights, bias)
+    head = served_head(classifier)  # capped at its ReAct ceiling, as the exported model's head reads
     served_key = hashlib.md5((folder / "trust.json").read_bytes() + (folder / "feature_bank.npy").read_bytes()).hexdigest()[:10]
     return Model(f"{folder.name} fine-tuned ({folder.parent.name} run)", key, int(inputs.shape[1]),
                  litert_feature_map(keras.Model(inputs, {"feature_map": x}), path), head, trust["threshold"],

@@ -25,7 +25,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from runtime import answer
-from training import calibration, ensemble, field, trust
+from training import calibration, ensemble, field, trust, unknown
 from training.config import ConfigError, load_config
 from training.evaluate import TEST_PREDICTIONS
 from training.folder import ImageFolder, Sample
@@ -208,7 +208,10 @@ def test_trust_fits_the_temperature_on_both_passes_and_the_ranks_on_the_whole_im
     train, valid = split(60), split(30)
     logits = 4 * valid[0] @ centres.T + rng.normal(0, 1, (30, 3))
     seen = trust.Seen(whole_logits=logits, whole_features=valid[0] + 0.1, logits=logits / 2)
-    measured, _, bank = trust.measure(train, valid, logits, seen, classes=3, seed=0)
+    head = unknown.LinearHead((4 * centres.T).astype(np.float32), np.zeros(3, np.float32), ceiling=1.5)
+    measured, predictions, bank = trust.measure(train, valid, head, seen, classes=3, seed=0)
+    assert measured["clip"] == 1.5  # the head's ReAct ceiling, kept for a resumed run
+    assert predictions.valid_logits == pytest.approx(np.minimum(valid[0], 1.5) @ (4 * centres.T), abs=1e-5)
     assert measured["temperature"] == pytest.approx(calibration.fit_temperature(logits / 2, valid[1]))
     assert measured["temperature"] != pytest.approx(calibration.fit_temperature(logits, valid[1]), rel=0.1)
     levels = np.linspace(0, 1, len(measured["ranks"]["knn"]))

@@ -110,6 +110,36 @@ def test_backbone_cuts_and_unfreezes_above_the_cut(name, stand_in_dir):
     assert trainable == above + classifier.get_layer("logits").count_params()
 
 
+def test_react_caps_what_the_head_reads_and_the_class_maps_follow(stand_in_dir, tmp_path):
+    """Once the trust step sets a ceiling, every view of the classifier reads pooled features
+    capped at it (ReAct), the exported class maps still average to the capped logits, the
+    features the feature bank compares stay as the backbone gives them, and plain Keras keeps the
+    cap when it loads the saved model."""
+    variant = smallest_variant("vgg16")  # stand-in MobileNets pool to almost nothing at 32 pixels
+    classifier = build_classifier(variant, 3, stand_in_dir / variant.weights_file, dropout=0.2)
+    rng = np.random.default_rng(1)
+    pixels = rng.uniform(0, 255, (3, variant.size, variant.size, 3)).astype("float32")
+    dense = classifier.get_layer("logits")
+    dense.set_weights([rng.normal(0, 1, w.shape).astype("float32") for w in dense.get_weights()])  # as if trained
+    pooled = bottom(classifier, None)(pixels)["pooled"].numpy()
+    uncapped = classifier.predict(pixels, verbose=0)
+    assert model_module.ceiling(classifier) == float("inf")
+    ceiling = float(np.quantile(pooled, 0.5))  # low enough to cap half of them
+    model_module.set_ceiling(classifier, ceiling)
+    weights, bias = dense.get_weights()
+    wanted = keras.ops.softmax(np.minimum(pooled, ceiling) @ weights + bias).numpy()
+    assert not np.allclose(wanted, uncapped, atol=1e-4)
+    np.testing.assert_allclose(classifier.predict(pixels, verbose=0), wanted, atol=1e-5)  # traced again
+    np.testing.assert_allclose(head(classifier)(pooled), wanted, atol=1e-5)
+    outputs = {name: value.numpy() for name, value in with_class_maps(classifier)(pixels).items()}
+    np.testing.assert_allclose(outputs["probabilities"], wanted, atol=1e-5)
+    np.testing.assert_allclose(outputs["class_maps"].mean(axis=(1, 2)), np.minimum(pooled, ceiling) @ weights + bias,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(outputs["features"], pooled, rtol=1e-5)
+    classifier.save(tmp_path / "model.keras")
+    assert model_module.ceiling(keras.models.load_model(tmp_path / "model.keras")) == pytest.approx(ceiling)
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", [name for name in REGISTRY if name not in FULL_PATH])
 def test_backbone_converts_with_its_class_maps(name, stand_in_dir, tmp_path):

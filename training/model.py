@@ -1,10 +1,19 @@
 """Stage 3: the classifier and the views of it that each later stage needs.
 
-    raw RGB 0..255 -> preprocess -> backbone -> pool -> dropout -> logits (dense) -> softmax
+    raw RGB 0..255 -> preprocess -> backbone -> pool -> react -> dropout -> logits (dense) -> softmax
 
 The head is deliberately linear (global average pooling, then one dense layer), which makes
 class activation maps exact: the dense layer applied at every position of the feature map gives
 a map whose average *is* the class logit.
+
+`react` caps what the head reads (ReAct, Sun et al., 2021): each pooled feature at a ceiling, the
+90th percentile of the training images' pooled features (`training.unknown.react_ceiling`). A photo
+of a species the model never saw tends to drive a few features far above anything seen in
+training, and the head turns those into a confident wrong answer; capped, they no longer can,
+while the features of known classes mostly stay under the ceiling. The trust step sets the
+ceiling after training (`set_ceiling`); until then the layer changes nothing. The exported class
+maps read the feature map scaled to match (`capped`), so they still average to the logits.
+docs/BENCHMARKS.md measures what it does for unknown species.
 
 The views below share the classifier's own layer objects. `bottom` is the frozen part of the backbone
 (its outputs are cached), `top` the blocks above it plus the head (trained in phase 2 on that
@@ -29,6 +38,37 @@ from training.backbones import BackboneError, Variant, build_base, preprocessing
 LOOK_BATCH = 32  # images looked at per model call in `served_looks`: a few dozen MB of decoded photos
 
 
+def set_ceiling(classifier: keras.Model, ceiling: float) -> None:
+    """Cap the pooled features the head reads at `ceiling` (ReAct, see the module doc). The layer's
+    setting, not a weight: it is saved in model.keras's config, which plain Keras loads. A predict
+    function traced before would still read the old one, so it is traced again."""
+    classifier.get_layer("react").max_value = ceiling
+    classifier.make_predict_function(force=True)
+
+
+def react_layer(classifier: keras.Model) -> keras.Layer:
+    """The classifier's ReAct layer; an identity for a classifier saved before it existed."""
+    if any(layer.name == "react" for layer in classifier.layers):
+        return classifier.get_layer("react")
+    return keras.layers.Identity()
+
+
+def ceiling(classifier: keras.Model) -> float:
+    """The cap on the pooled features the head reads (`set_ceiling`); infinite until it is set."""
+    value = getattr(react_layer(classifier), "max_value", None)
+    return float("inf") if value is None else float(value)
+
+
+def capped(classifier: keras.Model, feature_map):
+    """`feature_map` with each channel scaled so that its average is capped as the head caps the
+    pooled features: the class maps of the capped map then average to the logits exactly."""
+    value = ceiling(classifier)
+    if value == float("inf"):
+        return feature_map
+    average = keras.ops.mean(feature_map, axis=(1, 2), keepdims=True)
+    return feature_map * keras.ops.minimum(1.0, value / keras.ops.maximum(average, 1e-12))
+
+
 def build_classifier(variant: Variant, num_classes: int, weights, dropout: float) -> keras.Model:
     """The full model, with the backbone frozen (phase 1)."""
     inputs = keras.Input((variant.size, variant.size, 3), name="pixels")
@@ -40,6 +80,8 @@ def build_classifier(variant: Variant, num_classes: int, weights, dropout: float
     # top blocks are unfrozen. From scratch there are no statistics to keep: BatchNorm learns.
     x = base(x, training=False) if weights is not None else base(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    # ReAct's cap: the identity (slope 1 below zero, no maximum) until the trust step sets one.
+    x = keras.layers.ReLU(negative_slope=1.0, name="react")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(num_classes, name="logits", dtype="float32")(x)
     outputs = keras.layers.Softmax(name="probabilities", dtype="float32")(x)
@@ -70,7 +112,7 @@ def bottom(classifier: keras.Model, frozen_until: str | None) -> keras.Model:
 
 
 def top(classifier: keras.Model, frozen_until: str | None, pooled_only: bool = False) -> keras.Model:
-    """Cached activations -> probabilities (or pooled features), sharing the classifier's layers.
+    """Cached activations -> probabilities (or pooled features, not capped), sharing the classifier's layers.
 
     Fitting this model fits the classifier itself: phase 2 trains it on cached activations.
     """
@@ -80,14 +122,15 @@ def top(classifier: keras.Model, frozen_until: str | None, pooled_only: bool = F
     activations = keras.Input(blocks.input.shape[1:], name="activations")
     x = classifier.get_layer("pool")(blocks(activations, training=False if frozen_until else None))
     if not pooled_only:
-        x = classifier.get_layer("probabilities")(classifier.get_layer("logits")(classifier.get_layer("dropout")(x)))
+        x = classifier.get_layer("dropout")(react_layer(classifier)(x))
+        x = classifier.get_layer("probabilities")(classifier.get_layer("logits")(x))
     return keras.Model(activations, x)
 
 
 def head(classifier: keras.Model) -> keras.Model:
-    """Pooled features -> probabilities, sharing the classifier's dropout and dense layers."""
+    """Pooled features -> probabilities, sharing the classifier's ReAct, dropout and dense layers."""
     features = keras.Input(classifier.get_layer("pool").output.shape[1:], name="features")
-    x = classifier.get_layer("dropout")(features)
+    x = classifier.get_layer("dropout")(react_layer(classifier)(features))
     x = classifier.get_layer("logits")(x)
     return keras.Model(features, classifier.get_layer("probabilities")(x), name="head")
 
@@ -105,19 +148,19 @@ def unfreeze_top(classifier: keras.Model, frozen_until: str | None) -> None:
 
 def with_class_maps(classifier: keras.Model) -> keras.Model:
     """The classifier with two more outputs: class activation maps, shape (h, w, classes), and
-    the pooled features the head reads, shape (channels,).
+    the backbone's pooled features, shape (channels,).
 
-    Each map is the dense layer applied at every position of the backbone's feature map (bias
-    included), so averaging a class's map over positions gives exactly that class's logit. The
-    features are what the unknown score compares with the feature bank (`runtime.answer.knn`).
+    Each map is the dense layer applied at every position of the feature map the head reads
+    (scaled by `capped`, bias included), so averaging a class's map over positions gives exactly
+    that class's logit. The features, not capped, are what the unknown score compares with the
+    feature bank (`runtime.answer.knn`).
     """
     inputs = keras.Input(classifier.input.shape[1:], name="pixels")
     x = classifier.get_layer("preprocess")(inputs)
     feature_map = classifier.get_layer("backbone")(x, training=False)
-    logits = classifier.get_layer("logits")
-    pooled = classifier.get_layer("pool")(feature_map)
-    probabilities = classifier.get_layer("probabilities")(logits(pooled))
-    class_maps = keras.layers.Identity(name="class_maps")(logits(feature_map))
+    logits, pooled = classifier.get_layer("logits"), classifier.get_layer("pool")(feature_map)
+    probabilities = classifier.get_layer("probabilities")(logits(react_layer(classifier)(pooled)))
+    class_maps = keras.layers.Identity(name="class_maps")(logits(capped(classifier, feature_map)))
     features = keras.layers.Identity(name="features")(pooled)
     return keras.Model(inputs, {"probabilities": probabilities, "class_maps": class_maps, "features": features})
 

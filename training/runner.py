@@ -9,7 +9,7 @@
         <backbone>/model.keras        the fine-tuned classifier (raw RGB 0..255 in)
         <backbone>/labels.json        class names in output order
         <backbone>/metrics.json       test metrics, sizes, times
-        <backbone>/trust.json         temperature, unknown score and "not sure" threshold (`training.trust`)
+        <backbone>/trust.json         ReAct ceiling, temperature, unknown score and "not sure" threshold (`training.trust`)
         <backbone>/feature_bank.npy   the training features the unknown score compares photos with
         <backbone>/trust.npz, test.npz   what the trust and evaluate steps predicted (for the ensemble)
         <backbone>/field-answers-<fingerprints>.npz   its answers to a field set's photos and their
@@ -62,11 +62,10 @@ from training.features import Features, bottom_file, extract, training_features,
 from training.finetune import fine_tune, restore_best
 from training.folder import SPLITS, ImageFolder
 from training.head import train_head
-from training.model import bottom, build_classifier, head, served_looks, split_layer
+from training.model import bottom, build_classifier, head, served_looks, set_ceiling, split_layer
 from training.plan import BackboneSettings, Plan, make_plan
 from training.report import plot_dataset, write_comparison
 from training.standin import is_stand_in
-from training.trust import pooled_and_logits
 
 STEPS = ("features", "head", "fine_tune", "trust", "evaluate")
 TITLES = {"features": "features", "head": "phase 1", "fine_tune": "phase 2", "trust": "calibration and held-out species",
@@ -198,6 +197,9 @@ class BackboneRun:
             head(classifier).load_weights(self.folder / "head.weights.h5")
         if "fine_tune" in self.done and self.config.fine_tune:
             restore_best(classifier, self.settings.frozen_until, self.folder)
+        measured = read_json(self.folder / "trust.json") if "trust" in self.done else {}
+        if "clip" in measured:  # absent: measured before ReAct, no cap
+            set_ceiling(classifier, measured["clip"])
         return classifier
 
     @cached_property
@@ -246,17 +248,19 @@ class BackboneRun:
         train, valid = self.frozen_outputs
         plain = len(self.dataset.splits["train"])  # view 0: the training images as they are
         frozen_until, batch_size = self.settings.frozen_until, self.config.batch_size
-        (train_pooled, _), (valid_pooled, valid_logits) = pooled_and_logits(
-            self.classifier, frozen_until, [train.activations[:plain], valid.activations], batch_size)
+        train_pooled, valid_pooled = trust.pooled_features(self.classifier, frozen_until,
+                                                           [train.activations[:plain], valid.activations], batch_size)
+        head = trust.cap_head(self.classifier, train_pooled)  # before the looks: the app sees the capped model
         seen = trust.Seen.of(self.looks("valid"))
         measured, predictions, bank = trust.measure((train_pooled, train.labels[:plain]), (valid_pooled, valid.labels),
-                                                    valid_logits, seen, len(self.dataset.classes), self.config.seed)
+                                                    head, seen, len(self.dataset.classes), self.config.seed)
         write_arrays(self.folder / trust.PREDICTIONS_FILE, **predictions.arrays())
         with atomic_path(self.folder / BANK_FILE) as temporary, open(temporary, "wb") as file:
             np.save(file, bank)
         write_json(self.folder / "trust.json", measured)
         served = measured["scores"].get(measured["score"], {})
-        print(f"  temperature {measured['temperature']:.2f}; held-out species: AUROC {served.get('auroc', float('nan')):.3f}, "
+        print(f"  ReAct ceiling {measured['clip']:.3f}, temperature {measured['temperature']:.2f}; "
+              f"held-out species: AUROC {served.get('auroc', float('nan')):.3f}, "
               f"FPR@95TPR {served.get('fpr95', float('nan')):.1%}")
         return {}
 

@@ -49,6 +49,9 @@ COMBINED = ("max_softmax", "knn")  # the rank combination, as "max_softmax+knn":
 # The feature bank the app ships: 50 training images per class. On held-out species a bigger bank
 # separates better (docs/BENCHMARKS.md); every image would cost the app's memory more than twice as much.
 BANK_PER_CLASS = 50
+# ReAct's ceiling on the pooled features the head reads (`training.model`, "react"): this quantile of
+# the training images' pooled features, the value its authors use (Sun et al., 2021), not one tuned here.
+REACT_QUANTILE = 0.9
 
 
 def max_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -207,22 +210,32 @@ def leave_species_out(
 
 @dataclass
 class LinearHead:
-    """A dense layer: logits = pooled @ weights + bias; its class maps apply it at every location
-    of a feature map (whose average over locations is then exactly the logits)."""
+    """A dense layer reading pooled features capped at `ceiling` (`training.model`, "react"): logits =
+    min(pooled, ceiling) @ weights + bias; its class maps apply it at every location of a feature
+    map scaled as `training.model.capped` scales it (their average over locations is then exactly the logits)."""
 
     weights: np.ndarray  # (channels, classes)
     bias: np.ndarray  # (classes,)
+    ceiling: float = float("inf")
 
     def logits(self, pooled: np.ndarray) -> np.ndarray:
-        return np.asarray(pooled, dtype=np.float32) @ self.weights + self.bias
+        return np.minimum(np.asarray(pooled, dtype=np.float32), self.ceiling) @ self.weights + self.bias
 
     def class_maps(self, feature_map: np.ndarray) -> np.ndarray:
-        return np.asarray(feature_map, dtype=np.float32) @ self.weights + self.bias
+        feature_map = np.asarray(feature_map, dtype=np.float32)
+        average = feature_map.mean(axis=(-3, -2), keepdims=True)
+        return feature_map * np.minimum(1.0, self.ceiling / np.maximum(average, 1e-12)) @ self.weights + self.bias
+
+
+def react_ceiling(features: np.ndarray) -> float:
+    """ReAct's ceiling for a head trained on `features` (pooled, one row per training image)."""
+    return float(np.quantile(features, REACT_QUANTILE))
 
 
 def fit_linear_head(features: np.ndarray, labels: np.ndarray) -> LinearHead:
     """A multinomial logistic regression on standardised features, folded into one dense layer
-    (so class maps stay exact): the head refitted on the kept classes of a leave-species-out fold."""
+    (so class maps stay exact), capped as the trained classifier's head is (`react_ceiling`): the
+    head refitted on the kept classes of a leave-species-out fold."""
     x = np.asarray(features, dtype=np.float32)
     scaler = StandardScaler().fit(x)
     regression = LogisticRegression(max_iter=500).fit(scaler.transform(x), labels)
@@ -231,7 +244,7 @@ def fit_linear_head(features: np.ndarray, labels: np.ndarray) -> LinearHead:
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
     weights = (coef / scaler.scale_).T  # w'(x - m)/s = (w/s)'x - (w/s)'m
     bias = intercept - scaler.mean_ @ weights
-    return LinearHead(weights.astype(np.float32), bias.astype(np.float32))
+    return LinearHead(weights.astype(np.float32), bias.astype(np.float32), react_ceiling(x))
 
 
 @dataclass
