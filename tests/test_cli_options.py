@@ -250,6 +250,7 @@ def test_option_has_its_effect(row, places, capsys, monkeypatch, request):
         places = {**places, "trained": request.getfixturevalue("trained_run")}
     monkeypatch.chdir(places["cwd"])
     argv = [arg.format(**places) for arg in row.args]
+    capsys.readouterr()  # what training the session's run printed, when this test waited for it
     try:
         code = main(argv)
     except SystemExit as exit:  # --help

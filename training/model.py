@@ -65,6 +65,7 @@ def capped(classifier: keras.Model, feature_map):
     value = ceiling(classifier)
     if value == float("inf"):
         return feature_map
+    feature_map = keras.ops.cast(feature_map, "float32")  # in float16 (mixed precision) the floor would be 0
     average = keras.ops.mean(feature_map, axis=(1, 2), keepdims=True)
     return feature_map * keras.ops.minimum(1.0, value / keras.ops.maximum(average, 1e-12))
 
