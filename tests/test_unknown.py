@@ -108,3 +108,20 @@ def test_held_out_species_measures_every_score_and_sets_thresholds():
         assert np.mean(kept) >= 0.9  # the median fold threshold answers about 95% of known images
     # Far-apart clusters: the feature distance separates held-out classes.
     assert summary["mahalanobis"]["auroc"] > 0.95
+
+
+def test_a_refitted_head_is_capped_as_the_trained_one_and_its_class_maps_follow():
+    """A fold's head reads its pooled features capped at ReAct's ceiling (their 90th percentile),
+    as the trained classifier's does: a feature driven far above the training images' changes
+    its logits no more than one at the ceiling, and its class maps still average to them."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    features = np.abs(rng.normal(0, 1, (3, 6))[labels] + rng.normal(0, 0.3, (120, 6))).astype(np.float32)
+    head = unknown.fit_linear_head(features, labels)
+    assert head.ceiling == pytest.approx(np.quantile(features, unknown.REACT_QUANTILE))
+    at_ceiling, far_above = np.full((1, 6), head.ceiling), np.full((1, 6), 10 * head.ceiling)
+    np.testing.assert_allclose(head.logits(far_above), head.logits(at_ceiling), rtol=1e-6)
+    feature_map = np.abs(rng.normal(0, 1, (2, 4, 5, 6))).astype(np.float32) * np.array([1, 1, 1, 1, 5, 9], np.float32)
+    pooled = feature_map.mean(axis=(1, 2))
+    assert (pooled > head.ceiling).any() and (pooled < head.ceiling).any()
+    np.testing.assert_allclose(head.class_maps(feature_map).mean(axis=(1, 2)), head.logits(pooled), rtol=1e-5, atol=1e-5)
