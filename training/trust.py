@@ -21,7 +21,7 @@ so the figures measured here are an upper bound (docs/BENCHMARKS.md measures fie
 First the step sets the classifier's ReAct ceiling (`cap_head`, `training.model`): the head
 then reads pooled features capped at the 90th percentile of the training images'. On species
 held out of training altogether and on the field set's unknown species, the served score told
-them apart better with the cap than without, and answers on known species were as accurate
+them apart better with the cap than without, for a point or less of top-1 on known species
 (docs/BENCHMARKS.md, "ReAct"). The fold heads are capped the same way, each at its own training
 features' percentile (`unknown.fit_linear_head`).
 
