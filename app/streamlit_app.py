@@ -212,8 +212,8 @@ def first_look(image: Image.Image, classifier: Classifier) -> tuple[second_look.
 def see(image: Image.Image, classifier: Classifier, full: second_look.Outputs, box: second_look.Box) -> Seen:
     """The answer for a photo from its first pass `full` and a second look at `box` (none for the whole photo).
 
-    As in `second_look.look`, both passes count: their logits are averaged; the card's unknown
-    score reads the whole photo's pass (`runtime.answer.answer`).
+    As in `second_look.look`, both passes count: their logits are averaged, and the card's unknown
+    score is that of the better scoring pass (`runtime.answer.photo_score`).
     """
     passes = [full]
     if box != whole(image):

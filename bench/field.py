@@ -20,8 +20,10 @@ without the second look (`runtime.second_look`):
 - what the app serves (`training.trust`): max-softmax+kNN and its "not sure" threshold, the
   model card's for a trained model (trust.json), else the one the trust step would set (the
   median over folds of the threshold keeping 95% of known validation images): never chosen on
-  test or leeds-field; max-softmax alone at its own held-out threshold beside it, for comparison,
-  and the served score on both passes (as the app scored until it read the whole photo only);
+  test or leeds-field. With the second look, every score is that of the better look (the higher
+  of the whole photo's and the crop's, as the app scores: `runtime.answer.photo_score`); beside
+  it, for comparison, max-softmax alone at its own held-out threshold, and the served score as
+  the app read it before: of the whole photo only, and on both passes (logits and kNN averaged);
 - leeds-field known top-1, heatmap-in-mask rate (the share of photos whose top class map,
   upsampled to the photo, peaks inside its butterfly mask), and at the threshold: the share of
   known photos answered, the accuracy of those answers, the share of unknown ones answered
@@ -77,14 +79,15 @@ BANK_PER_CLASS = unknown.BANK_PER_CLASS
 BANK_SIZES = (20, 50, None)  # feature banks compared on held-out species: images per class (None: every one)
 SERVED_SCORE = "+".join(unknown.COMBINED)  # what the app serves (`training.trust.SERVED_SCORE`, which needs Keras to import)
 BESIDE = "max_softmax"  # the score served before max-softmax+kNN, measured at its own held-out threshold too
-BOTH_PASSES = f"{SERVED_SCORE} on both passes"  # the served score as it was before it read the whole photo only
-BETTER_LOOK = f"{SERVED_SCORE} of the better look"  # the served score of the whole photo or of the crop, whichever is higher
-READ_THE_CROP = (BOTH_PASSES, BETTER_LOOK)  # the scores that read the second look's crop: measured with it only
-EVALUATED_FORMAT = "10"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
+WHOLE_PHOTO = f"{SERVED_SCORE} of the whole photo"  # the served score as the app read it before the better look
+BOTH_PASSES = f"{SERVED_SCORE} on both passes"  # the served score as the app read it before the whole photo only
+SERVED_BEFORE = (WHOLE_PHOTO, BOTH_PASSES)  # measured with the second look only
+EVALUATED_FORMAT = "11"  # what a kept result was measured by; 2: the second look averages logits, as the app does;
 # 3: a second score at its threshold too; 4: those shares by `training.field.at_threshold`; 5: max-softmax+kNN
 # served, and the background crops; 6: the kNN's time; 7: with the bank held as float32, as the app holds it;
 # 8: scores of the whole photo, temperature on both passes, test and validation images as the app sees them;
-# 9: the served score on held-out species by feature bank size; 10: the served score of the better look
+# 9: the served score on held-out species by feature bank size; 10: the served score of the better look;
+# 11: with the second look, every score of the better look, as the app scores
 
 
 def log(message: str) -> None:
@@ -401,7 +404,7 @@ def field_pass(model: Model, head: unknown.LinearHead, photos: list[FieldPhoto])
 
 
 def knn_ms(bank: unknown.FeatureBank, passes: dict[str, list]) -> float:
-    """The median time of the served score's kNN for one photo (the whole photo's features against
+    """The median time of the served score's kNN for one pass (the whole photo's features against
     the bank, held as float32 as the app holds it: `runtime.model_folder.read_bank`), in ms."""
     held, timings = bank.features.astype(np.float32), []
     for full in passes["full"]:
@@ -434,25 +437,25 @@ def stacked(passes: list[dict], name: str) -> np.ndarray:
 
 
 def look_scores(scorer: unknown.Scorer, full: list[dict], second: list[dict] | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Answers and scores without (second=None) or with the second look.
+    """Answers and scores without (second=None) or with the second look, as the app gives them.
 
-    With it, the answer reads the two passes' averaged logits, as the app and `predict` answer
-    (`runtime.answer.logits`); every score reads the whole photo's pass, as the app scores
-    (`runtime.answer.photo_score`). BOTH_PASSES is the served score as it was until the app scored
-    the whole photo only: the averaged logits' max-softmax and the passes' mean kNN, ranked.
-    BETTER_LOOK answers when either look, the whole photo or the crop, scores high enough.
+    Without it, both read the whole photo's pass. With it, the answer reads the two passes'
+    averaged logits (`runtime.answer.logits`) and every score is that of the better look, the
+    higher of the two passes' (`runtime.answer.photo_score`). Beside them, the served score as
+    the app read it before: WHOLE_PHOTO, the whole photo's pass alone, and BOTH_PASSES, the
+    averaged logits' max-softmax and the passes' mean kNN, ranked.
     """
     logits, pooled = stacked(full, "logits"), stacked(full, "pooled")
     scores = scorer.scores(pooled, logits)
     if second is None:
         return logits.argmax(1), scores
-    averaged = (logits + stacked(second, "logits")) / 2
+    crop_logits, crop_pooled = stacked(second, "logits"), stacked(second, "pooled")
+    crop = scorer.scores(crop_pooled, crop_logits)
+    better = {name: np.maximum(scores[name], crop[name]) for name in scores}
+    averaged = (logits + crop_logits) / 2
     both = scorer.singles(pooled, averaged)
-    both["knn"] = (both["knn"] + scorer.bank.score(stacked(second, "pooled"))) / 2
-    scores[BOTH_PASSES] = scorer.combination.score(both)
-    crop = scorer.scores(stacked(second, "pooled"), stacked(second, "logits"))[SERVED_SCORE]
-    scores[BETTER_LOOK] = np.maximum(scores[SERVED_SCORE], crop)
-    return averaged.argmax(1), scores
+    both["knn"] = (both["knn"] + scorer.bank.score(crop_pooled)) / 2
+    return averaged.argmax(1), {**better, WHOLE_PHOTO: scores[SERVED_SCORE], BOTH_PASSES: scorer.combination.score(both)}
 
 
 def as_trust_step(scorer: unknown.Scorer, valid: dict[str, list], labels: np.ndarray) -> None:
@@ -508,7 +511,7 @@ def measure(model: Model, head: unknown.LinearHead, splits: dict[str, Split], ph
     result["bank_sizes"] = {str(size): unknown.summarise(unknown.held_out_species(
         train, valid, HELD_OUT, FOLDS, SEED, size))[SERVED_SCORE] for size in BANK_SIZES}
     result["threshold"] = (result["species_out"][SERVED_SCORE]["threshold"] if model.threshold is None else model.threshold)
-    thresholds = {SERVED_SCORE: result["threshold"], BOTH_PASSES: result["threshold"], BETTER_LOOK: result["threshold"],
+    thresholds = {SERVED_SCORE: result["threshold"], **dict.fromkeys(SERVED_BEFORE, result["threshold"]),
                   BESIDE: result["species_out"][BESIDE]["threshold"]}
     log("  field photos")
     passes = field_pass(model, head, photos)
@@ -559,10 +562,10 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
              f"{SERVED_SCORE} (see `training.trust` for why) at the model card's threshold (a fine-tuned model's trust.json; "
              f"for a frozen pilot, set here as the trust step sets it); the other scores are measured for comparison. "
              f"Images as the app sees them: decoded as an upload, looked at whole and (second look) at the crop around "
-             f"the evidence; the answer reads the two passes' averaged logits, every score the whole image's pass; the "
-             f"temperature is fitted on the validation images' averaged passes and the served score's ranks on their "
-             f"whole images (a fine-tuned model's temperature, feature bank and ranks: its trust step's; a frozen pilot's: "
-             f"set here the same way). For the fine-tuned models the "
+             f"the evidence; the answer reads the two passes' averaged logits, every score the better look (the higher "
+             f"of the two passes' scores); the temperature is fitted on the validation images' averaged passes and "
+             f"the served score's ranks on their whole images (a fine-tuned model's temperature, feature bank and "
+             f"ranks: its trust step's; a frozen pilot's: set here the same way). For the fine-tuned models the "
              f"folds refit a head on the fine-tuned features, whose backbone saw the "
              f"held-out species in training (optimistic for them). kNN: mean cosine similarity to the 5 nearest of "
              f"{BANK_PER_CLASS} training features per class. ECE: 15 equal-width bins, butterflies50 test as shown "
@@ -583,28 +586,27 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
                      f"{percent(r['ece_before'])} / {percent(r['ece_after'])} "
                      f"({r['temperature']:.2f}) | {percent(r['first']['field_top1'])} / {percent(r['second']['field_top1'])} | "
                      f"{percent(r['in_mask'])} | {percent(r['cropped'])} | {r['first_ms']:.0f} / {r['total_ms']:.0f} ms |")
-    lines += ["", "### Unknown-species scores of the whole image: AUROC / FPR@95TPR\n",
+    lines += ["", "### Unknown-species scores of the better look: AUROC / FPR@95TPR\n",
               f"Backgrounds: a square of each leeds-field photo without its butterfly (under "
               f"{BACKGROUND_MAX_MASK:.0%} of it in the mask; {results[0]['backgrounds'] if results else 0} of the photos "
               "have one), told apart from the known species' photos: photos of no butterfly at all. "
-              f"The last rows of each model: the served score on both passes (logits and kNN averaged), as the app scored "
-              "until it read the whole photo only; and of the better look, the whole photo or the crop, whichever scores "
-              "higher (held-out species: not measured here, as their images' crops are not taken).\n",
+              "Leave-species-out: whole images (the folds refit heads on cached features; no crops are taken). "
+              f"The last rows of each model: the served score as the app read it before, of the whole photo only, and "
+              "on both passes (logits and kNN averaged).\n",
               "| model | score | leave-species-out | leeds-field unknown vs known | leeds-field unknown vs butterflies50 test "
               "| leeds-field backgrounds vs known |",
               "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        for name in [*r["species_out"], *READ_THE_CROP]:
-            look = "second" if name in READ_THE_CROP else "first"
+        for name in [*r["species_out"], *SERVED_BEFORE]:
             held_out = r["species_out"].get(name)
-            measured = [r[look][key][name] for key in ("unknown", "unknown_vs_test", "background")]
+            measured = [r["second"][key][name] for key in ("unknown", "unknown_vs_test", "background")]
             mark = " (served)" if name == SERVED_SCORE else ""
             lines.append(f"| {r['model']} | {name}{mark} | "
                          + ("–" if held_out is None else f"{held_out['auroc']:.3f} / {percent(held_out['fpr95'])}") + " | "
                          + " | ".join(f"{m['auroc']:.3f} / {percent(m['fpr95'])}" for m in measured) + " |")
     lines += ["", "### At the threshold chosen on held-out species\n",
-              f"The served score at the model card's threshold; the same on both passes (as served until the app scored "
-              f"the whole photo only), and of the better look; {BESIDE} (served before max-softmax+kNN) at its own "
+              f"The served score at the model card's threshold, and as the app read it before (of the whole photo only, "
+              f"and on both passes); {BESIDE} (served before max-softmax+kNN) at its own "
               "held-out threshold (a probability, "
               "set at the fold heads' temperatures: at the served temperature, fitted on both passes, it answers more "
               "than when it was served). The "
@@ -614,11 +616,11 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
               "| unknown field photos \"not sure\" | backgrounds \"not sure\" |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        for name, threshold in ((SERVED_SCORE, r["threshold"]), (BOTH_PASSES, r["threshold"]), (BETTER_LOOK, r["threshold"]),
+        for name, threshold in ((SERVED_SCORE, r["threshold"]), *((before, r["threshold"]) for before in SERVED_BEFORE),
                                 (BESIDE, r["species_out"][BESIDE]["threshold"])):
             second = r["second"]["at_threshold"][name]
-            first = second if name in READ_THE_CROP else r["first"]["at_threshold"][name]
-            right = (percent(second["field_right"]) if name in READ_THE_CROP
+            first = second if name in SERVED_BEFORE else r["first"]["at_threshold"][name]
+            right = (percent(second["field_right"]) if name in SERVED_BEFORE
                      else f"{percent(first['field_right'])} / {percent(second['field_right'])}")
             lines.append(f"| {r['model']} | {name} >= {threshold:.4g}{' (served)' if name == SERVED_SCORE else ''} | "
                          f"{percent(second['test_answered'])} | {percent(second['field_answered'])} | {right} | "
@@ -633,7 +635,8 @@ def report(study_rows: list[dict], results: list[dict], command: str) -> str:
         lines.append(f"| {r['model']} | " + " | ".join(f"{s['auroc']:.4f} / {percent(s['fpr95'])}" for s in sizes) + " |")
     lines.append(f"\nLatency: decode (draft at {second_look.DECODE_SCALE}x the input) + LiteRT feature map + numpy head, "
                  f"2 threads, on a shared 2-core machine under other load; the second column includes the crop's pass "
-                 f"when one is taken; the served score's kNN (the whole photo against the feature bank) adds a median of "
+                 f"when one is taken; the served score's kNN (one pass's features against the feature bank: the app scores each "
+                 f"pass) adds a median of "
                  + ", ".join(f"{r['knn_ms']:.1f} ms ({r['model']})" for r in results[-1:]) + ". "
                  f"A feature bank of {BANK_PER_CLASS} per class costs "
                  + ", ".join(f"{r['bank_mb']:.1f} MB ({r['model']})" for r in results[:1]) + " as float16.")

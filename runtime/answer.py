@@ -17,6 +17,8 @@ nearest in a *feature bank* (a few training images per class, `model_folder.BANK
 of a plant or of a look-alike species can get a confident softmax; it rarely sits near the
 training photos too. Each of the two numbers becomes its rank among the validation images (the
 card's `ranks`: quantiles of each score over them) and the two ranks are averaged.
+A photo seen twice (the whole photo and a crop, `runtime.second_look`) is scored by the better
+of its two looks (`photo_score`).
 `training.unknown` measures every score on held-out species and `training.trust` says why this one.
 TensorFlow-free: numpy only.
 """
@@ -110,37 +112,48 @@ def unknown_score(logits: np.ndarray, score: str, temperature: float) -> float:
     raise ValueError(f"unknown score {score!r}: expected one of {', '.join(SCORES)}")
 
 
-def photo_score(whole: Outputs, unknown: Mapping[str, Any], bank: np.ndarray | None = None) -> float:
-    """The card's unknown score of a photo, read from its first pass (`whole`: the whole photo).
+def pass_score(outputs: Outputs, unknown: Mapping[str, Any], bank: np.ndarray | None = None) -> float:
+    """The card's unknown score of one pass of the model (`{"class_maps": ..., "features": ...}`).
 
-    Whether to answer is decided on the whole photo, as the validation images that set the card's
-    ranks and threshold were seen; the second look only refines which species (`answer`). A crop
-    around the evidence is not like any image the threshold was set on: scored on both passes,
-    butterflies50's own clean validation and test images were answered far less often than the
-    threshold promises (docs/BENCHMARKS.md, `bench/field.py`).
-
-    The logit scores read the photo's logits. "max_softmax+knn" averages the rank of its
+    The logit scores read the pass's logits. "max_softmax+knn" averages the rank of its
     max-softmax with the rank of its kNN similarity to the bank.
     """
-    photo_logits = logits(whole)
+    pass_logits = logits(outputs)
     if unknown["score"] not in NEEDS_BANK:
-        return unknown_score(photo_logits, unknown["score"], unknown["temperature"])
+        return unknown_score(pass_logits, unknown["score"], unknown["temperature"])
     if bank is None:
         raise ValueError(f"the unknown score {unknown['score']!r} needs the model's feature bank")
-    similarity = float(knn(whole["features"], bank, unknown["k"]))
-    confidence = unknown_score(photo_logits, "max_softmax", unknown["temperature"])
+    similarity = float(knn(outputs["features"], bank, unknown["k"]))
+    confidence = unknown_score(pass_logits, "max_softmax", unknown["temperature"])
     ranks = unknown["ranks"]
     return float((rank(confidence, ranks["max_softmax"]) + rank(similarity, ranks["knn"])) / 2)
+
+
+def photo_score(passes: Sequence[Outputs], unknown: Mapping[str, Any], bank: np.ndarray | None = None) -> float:
+    """The card's unknown score of a photo: that of its better look, the higher of its passes'
+    (the whole photo, and the crop around the evidence when the second look took one).
+
+    A butterfly small in a visitor's photo is a few dozen pixels of the whole photo's pass, and
+    often scores "unknown" there; seen up close in the crop, it scores as the training photos do.
+    A photo of an unknown species or of no butterfly rarely scores high in either look. On field
+    photos the better look tells unknown species from known ones better than the whole photo
+    alone, and answers more of the known ones at the same threshold; on clean images like the
+    validation split that set the card's ranks and threshold, the crop seldom scores higher, so
+    the threshold keeps its promise there (docs/BENCHMARKS.md, `bench/field.py` and
+    `bench/held_out.py`). The passes' scores are not averaged: the average of a good look and a
+    poor one is a poor one, and answered far fewer clean images than the threshold promises.
+    """
+    return max(pass_score(outputs, unknown, bank) for outputs in passes)
 
 
 def answer(passes: Sequence[Outputs], card: Mapping[str, Any], bank: np.ndarray | None = None) -> Answer:
     """The answer for a photo seen in `passes` (the whole photo first), by the card's classes and
     `unknown` settings (`bank`: the model folder's feature bank, for a score that needs it): the
-    probabilities of the passes' averaged logits, the unknown score of the whole photo."""
+    probabilities of the passes' averaged logits, the unknown score of its better look (`photo_score`)."""
     unknown = card["unknown"]
     probabilities = softmax(logits(*passes), unknown["temperature"])
     order = np.argsort(-probabilities, kind="stable")[:TOP_K]
     could_be = [(card["classes"][index], float(probabilities[index])) for index in order]
-    score = photo_score(passes[0], unknown, bank)
+    score = photo_score(passes, unknown, bank)
     label, confidence = could_be[0]
     return Answer(sure=score >= unknown["threshold"], label=label, confidence=confidence, could_be=could_be, score=score)

@@ -6,7 +6,7 @@ map of its top class (`class_maps[..., top]`, the head applied at every location
 the butterfly. `look` draws a square box around that evidence, crops it from the photo decoded at
 up to `DECODE_SCALE` times the input size (so the crop keeps real detail, not an upsampled blur),
 classifies the crop, and the probabilities combine both passes (`runtime.answer.logits`; whether
-to answer at all is read from the whole photo, `runtime.answer.photo_score`). On field photos this
+to answer at all, from the better scoring of the two, `runtime.answer.photo_score`). On field photos this
 pays even when the evidence fills the frame: the box is square, so the butterfly is seen
 undistorted, where the first pass squashed the whole photo to a square. On tight web crops like
 butterflies50's test split it gains nothing, and costs the weaker models some test top-1

@@ -88,15 +88,15 @@ def app_looks(folder: Path, paths: list[Path]) -> list[second_look.Look]:
 
 def app_answers(folder: Path, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """As the app answers `paths` (`app_looks`): the probabilities of the passes' averaged logits,
-    and the served unknown score of each whole photo (`runtime.answer.photo_score` by trust.json,
-    with the folder's feature bank)."""
+    and the served unknown score of each photo's better look: the higher of its passes' scores
+    (`runtime.answer.pass_score` by trust.json, with the folder's feature bank)."""
     settings = answer.served(json.loads((folder / "trust.json").read_text()))
     bank = np.load(folder / BANK_FILE)
     probabilities, scores = [], []
     for look in app_looks(folder, paths):
         logits = np.mean([passed["class_maps"].mean(axis=(0, 1)) for passed in look.passes], axis=0)
         probabilities.append(np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum())
-        scores.append(answer.photo_score(look.full, settings, bank))
+        scores.append(max(answer.pass_score(passed, settings, bank) for passed in look.passes))
     return np.array(probabilities), np.array(scores)
 
 

@@ -11,7 +11,7 @@ import pytest
 from tiny_models import model_card, write_model_folder
 
 from runtime import model_folder
-from runtime.answer import NEEDS_BANK, SCORES, TOP_K, answer, logits, photo_score, softmax, unknown_score
+from runtime.answer import NEEDS_BANK, SCORES, TOP_K, answer, logits, pass_score, photo_score, softmax, unknown_score
 from runtime.litert import ModelError
 from runtime.model_folder import CARD_FILE, LABELS_FILE
 
@@ -52,20 +52,25 @@ def test_max_softmax_and_knn_average_their_ranks_among_validation_images() -> No
     ranks = (np.interp(confidence, BANKED["ranks"]["max_softmax"], [0, 1 / 3, 2 / 3, 1]),
              np.interp(similarity, BANKED["ranks"]["knn"], [0, 1 / 3, 2 / 3, 1]))
     unknown = card("max_softmax+knn")["unknown"]
-    assert photo_score(seen(LOGITS, features)[0], unknown, BANK) == pytest.approx(np.mean(ranks))
+    assert pass_score(seen(LOGITS, features)[0], unknown, BANK) == pytest.approx(np.mean(ranks))
 
 
-def test_the_answer_reads_both_passes_and_the_score_the_whole_photo_only() -> None:
-    """With a second look, the probabilities come from the two passes' averaged logits, but whether
-    to answer from the whole photo alone: the ranks and threshold were set on whole images."""
+def test_the_answer_reads_both_passes_and_scores_the_better_look() -> None:
+    """With a second look, the probabilities come from the two passes' averaged logits, and the
+    unknown score is the higher of the two passes': a butterfly that only the crop sees well is
+    answered, where the whole photo alone would be "not sure"."""
     unknown = card("max_softmax+knn", threshold=0.5)
-    whole, crop = seen(LOGITS, [1.0, 1.0, 0.0])[0], seen(LOGITS[::-1] * 3, [0.0, 0.0, 1.0])[0]
+    whole, crop = seen(LOGITS, [0.0, 0.0, 1.0])[0], seen(LOGITS[::-1] * 3, [1.0, 1.0, 0.0])[0]
+    scores = [pass_score(outputs, unknown["unknown"], BANK) for outputs in (whole, crop)]
+    assert scores[0] < 0.5 <= scores[1]
     result = answer([whole, crop], unknown, BANK)
-    assert result.score == photo_score(whole, unknown["unknown"], BANK)
-    assert result.score == answer([whole], unknown, BANK).score
+    assert result.score == photo_score([whole, crop], unknown["unknown"], BANK) == max(scores)
+    assert result.sure and not answer([whole], unknown, BANK).sure
+    assert answer([crop, whole], unknown, BANK).score == result.score
     averaged = softmax((LOGITS + LOGITS[::-1] * 3) / 2, 2.0)
     assert [p for _, p in result.could_be] == pytest.approx(sorted(averaged, reverse=True)[:TOP_K])
-    assert answer([crop, whole], unknown, BANK).score != result.score  # the first pass is the one scored
+    # A crop that scores lower does not pull the photo's score down: the passes are not averaged.
+    assert answer([crop, seen(LOGITS * 0, [0.0, 0.0, 1.0])[0]], unknown, BANK).score == scores[1]
 
 
 def test_a_photo_far_from_the_bank_is_not_sure_however_confident() -> None:
@@ -89,7 +94,7 @@ def test_huge_logits_do_not_overflow() -> None:
 
 @pytest.mark.parametrize("score", SCORES)
 def test_sure_exactly_at_and_above_the_threshold(score: str) -> None:
-    value = photo_score(seen(LOGITS)[0], card(score)["unknown"], BANK)
+    value = photo_score(seen(LOGITS), card(score)["unknown"], BANK)
     assert answer(seen(LOGITS), card(score, threshold=value), BANK).sure
     assert not answer(seen(LOGITS), card(score, threshold=np.nextafter(value, math.inf)), BANK).sure
 
@@ -176,7 +181,7 @@ def test_a_folder_serving_knn_loads_its_bank_and_answers_with_it(exported: Path,
     outputs = loaded.model(pixels)
     assert outputs["features"].shape == (8,)
     result = answer([outputs], loaded.card, loaded.bank)
-    assert result.score == pytest.approx(photo_score(outputs, loaded.card["unknown"], bank.astype(np.float32)))
+    assert result.score == pytest.approx(photo_score([outputs], loaded.card["unknown"], bank.astype(np.float32)))
 
 
 @pytest.mark.parametrize(("bank", "problem"), [

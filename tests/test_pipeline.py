@@ -73,7 +73,7 @@ def test_predict_command_on_an_image_and_a_folder(trained_run, tiny_dataset, tmp
     assert all("Red Circle (display)" in (row["top1"], row["top2"], row["top3"]) for row in ok)
     assert all(abs(sum(float(row[f"p{i}"]) for i in (1, 2, 3)) - 1) < 1e-4 for row in ok)
     assert {row["answer"] for row in ok} <= {row["top1"] for row in ok} | {"not sure"}
-    # The served score (max-softmax+kNN of the whole photo, which got a second look), as computed by hand
+    # The served score (max-softmax+kNN of the better look, whole photo or crop), as computed by hand
     # from the saved model.
     _, scores = app_answers(folder, [Path(row["image"]) for row in ok])
     assert [float(row["score"]) for row in ok] == pytest.approx(scores.tolist(), abs=1e-5)

@@ -15,7 +15,7 @@ setting, the file and what is wrong.
 
 What `compare` measures on it is what the app would answer (`answers`): each photo classified
 whole and again at the crop around its evidence (`runtime.second_look`, the app's and `predict`'s
-one implementation), logits averaged, the whole photo scored as the app scores it. From those answers
+one implementation), logits averaged, the better look scored as the app scores it. From those answers
 (`measure`): top-1 on the known species' photos; how the served unknown score tells the unknown
 species' photos from the known ones (AUROC, FPR@95TPR); and at the model card's "not sure"
 threshold, the share of known photos answered, the share of those answers that are right, and
@@ -42,6 +42,9 @@ from training.config import ConfigError
 from training.folder import Sample, check_file, list_images
 
 UNKNOWN = -1  # the label of a photo of a species the training data lacks
+# How `answers` scores a photo (`runtime.answer.photo_score`): the answers a run keeps (`training.runner`)
+# are named after it, so that a version that scores photos otherwise measures them again.
+SCORING = "better look"
 
 
 @dataclass(frozen=True)
@@ -154,13 +157,13 @@ def answers(looks: Iterable[second_look.Look], unknown: dict | None = None,
     """The (photos, classes) probabilities the app would give the field photos seen in `looks`
     (each decoded as the app decodes an upload and looked at twice, `second_look`), and given the
     card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: the passes'
-    logits averaged (`answer.logits`), and the whole photo scored by `answer.photo_score`. The
+    logits averaged (`answer.logits`), and the better look scored by `answer.photo_score`. The
     probabilities are untempered: an ensemble averages them before its own temperature."""
     probabilities, scores = [], []
     for look in looks:
         probabilities.append(answer.softmax(answer.logits(*look.passes)))
         if unknown is not None:
-            scores.append(answer.photo_score(look.full, unknown, bank))
+            scores.append(answer.photo_score(look.passes, unknown, bank))
     return np.array(probabilities, dtype=np.float32), (np.array(scores) if unknown is not None else None)
 
 

@@ -100,7 +100,7 @@ def field_note(field_set: FieldSet | None) -> str:
     return (f"Field: {field_set.summary()}, never trained on, each answered as the app answers it (the "
             "whole photo and a second look at the crop around its evidence); top-1 on the known species' photos; "
             "unknown: its unknown species' photos told apart from the known ones by the served unknown score "
-            "(of the whole photo); "
+            "(of the better look, whole photo or crop); "
             "at the \"not sure\" threshold (chosen on held-out species): the share of known photos answered, of "
             "those answers right, and of unknown photos answered \"not sure\".")
 

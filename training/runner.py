@@ -317,10 +317,12 @@ class BackboneRun:
         """The trained classifier's answers to every field photo, as the app would give them (whole
         photo and second look, `field.answers`): probabilities, and unknown scores by the served
         settings of trust.json (None for a backbone trained by an older version, which lacks it).
-        Kept under the set's fingerprint and trust.json's, so that a rerun, or another table, reads
-        them there, and a trust step done again measures them again."""
+        Kept under the set's fingerprint and trust.json's (with how a photo is scored,
+        `field.SCORING`), so that a rerun, or another table, reads them there, and a trust step done
+        again, or a new version that scores photos otherwise, measures them again."""
         settings = self.served_settings()
-        path = self.folder / f"field-answers-{field_set.fingerprint()}-{digest(settings)}.npz"
+        key = digest({"served": settings, "scoring": field.SCORING})
+        path = self.folder / f"field-answers-{field_set.fingerprint()}-{key}.npz"
         if not path.is_file():
             bank = np.load(self.folder / BANK_FILE) if settings and settings["score"] in answer.NEEDS_BANK else None
             size = (self.variant.size, self.variant.size)

@@ -32,11 +32,15 @@ averaged. On held-out species it answers fewer unknown images than max-softmax a
 share of known ones, and on field photos it also separates photos that show no butterfly at all
 (docs/BENCHMARKS.md, `bench/field.py`). Its threshold, a rank, carries from the fold heads to the
 real head: each head's ranks are measured against its own validation images. (Logit and energy
-scales differ from head to head, so their fold thresholds would not carry.) The app scores the
-whole photo only (`runtime.answer.photo_score`), so the real head's ranks are measured on the
-validation images' first pass, as the app decodes them. The bank, a few dozen training images
-per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json (`runtime.model_folder.BANK_FILE`),
-and the validation quantiles of both scores in trust.json (`ranks`): the app needs both.
+scales differ from head to head, so their fold thresholds would not carry.) The app scores a
+photo by its better look, the whole photo or the crop around the evidence, whichever scores
+higher (`runtime.answer.photo_score`). The real head's ranks are measured on the validation
+images' first pass, as the app decodes them, as the fold heads' are on whole images: on clean
+images like these the crop seldom scores higher, and the share of known images the threshold
+answers moves by a point at most (docs/BENCHMARKS.md, `bench/held_out.py`). The bank, a few
+dozen training images per class (`unknown.BANK_PER_CLASS`), is saved beside trust.json
+(`runtime.model_folder.BANK_FILE`), and the validation quantiles of both scores in trust.json
+(`ranks`): the app needs both.
 
 Beside trust.json, the step keeps what it predicted (`Predictions`, in trust.npz): the validation
 logits and each fold head's logits. An ensemble of backbones (`training.ensemble`) is calibrated
@@ -74,7 +78,7 @@ class FoldLogits:
 class Seen:
     """Images as the app sees them: what the temperature and the served score's ranks are fitted on."""
 
-    whole_logits: np.ndarray  # (images, classes): the first pass, on the whole image, which the unknown score reads
+    whole_logits: np.ndarray  # (images, classes): the first pass, on the whole image, which the score's ranks are fitted on
     whole_features: np.ndarray  # (images, channels): its pooled features
     logits: np.ndarray  # (images, classes): the passes' averaged logits, which the shown probabilities read
 

@@ -136,7 +136,7 @@ def served_unknown(folder: Path, temperature: float, seed: int) -> dict:
     ranks = RankCombination.fit({"max_softmax": np.array(confidence), "knn": np.array(similarity)}).quantiles
     unknown = {"score": "max_softmax+knn", "temperature": temperature, "k": K,
                "ranks": {name: quantiles.tolist() for name, quantiles in ranks.items()}}
-    scores = [photo_score(passes[0], unknown, bank) for passes in looks]
+    scores = [photo_score(passes, unknown, bank) for passes in looks]
     return {**unknown, "threshold": float(np.median(scores))}
 
 
