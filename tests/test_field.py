@@ -105,6 +105,21 @@ def test_without_unknown_species_the_unknown_field_columns_stay_empty(finished, 
     assert row["field_answered"] is not None  # known photos are answered or not all the same
 
 
+def test_field_answers_are_kept_and_measured_again_when_photos_are_scored_otherwise(finished, tmp_path, monkeypatch):
+    """A rerun reads the field answers it kept; a version that scores photos otherwise
+    (`field.SCORING`) does not read them, as they would carry the old scores."""
+    run = tmp_path / "shapes"
+    shutil.copytree(finished, run)
+    images, mapping = make_field_set(tmp_path / "field")
+    first, _ = rerun(run, images, mapping)
+    kept = {path: path.stat().st_mtime_ns for path in (run / "vgg16").glob("field-answers-*.npz")}
+    assert len(kept) == 1 and rerun(run, images, mapping)[0] == first
+    assert {path: path.stat().st_mtime_ns for path in (run / "vgg16").glob("field-answers-*.npz")} == kept
+    monkeypatch.setattr(field, "SCORING", "another scoring")
+    assert rerun(run, images, mapping)[0] == first  # the same scoring under another name: the same columns
+    assert len(list((run / "vgg16").glob("field-answers-*.npz"))) == 2
+
+
 def test_at_the_threshold_the_field_columns_say_what_a_visitor_would_see(tmp_path):
     """Known photos answered and right, unknown ones "not sure", at the card's threshold; without
     a threshold (a run older than its trust step) those columns stay empty."""
