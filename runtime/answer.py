@@ -140,8 +140,9 @@ def photo_score(passes: Sequence[Outputs], unknown: Mapping[str, Any], bank: np.
     alone, and answers more of the known ones at the same threshold; on clean images like the
     validation split that set the card's ranks and threshold, the crop seldom scores higher, so
     the threshold keeps its promise there (docs/BENCHMARKS.md, `bench/field.py` and
-    `bench/held_out.py`). The passes' scores are not averaged: the average of a good look and a
-    poor one is a poor one, and answered far fewer clean images than the threshold promises.
+    `bench/held_out.py`). The passes are not averaged instead: the average of a good look and a
+    poor one is a poor look, and scored so, clean images were answered far less often than the
+    threshold promises (the same tables).
     """
     return max(pass_score(outputs, unknown, bank) for outputs in passes)
 
