@@ -106,18 +106,22 @@ def test_without_unknown_species_the_unknown_field_columns_stay_empty(finished, 
 
 
 def test_field_answers_are_kept_and_measured_again_when_photos_are_scored_otherwise(finished, tmp_path, monkeypatch):
-    """A rerun reads the field answers it kept; a version that scores photos otherwise
-    (`field.SCORING`) does not read them, as they would carry the old scores."""
+    """A rerun reads the field answers it kept; a version that keeps or scores them otherwise
+    (`field.ANSWERS_FORMAT`) does not read them, as they would carry the old scores."""
     run = tmp_path / "shapes"
-    shutil.copytree(finished, run)
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("field-answers-*"))  # none kept yet
+
+    def kept() -> dict[Path, int]:
+        return {path: path.stat().st_mtime_ns for path in (run / "vgg16").glob("field-answers-*.npz")}
+
     images, mapping = make_field_set(tmp_path / "field")
     first, _ = rerun(run, images, mapping)
-    kept = {path: path.stat().st_mtime_ns for path in (run / "vgg16").glob("field-answers-*.npz")}
-    assert len(kept) == 1 and rerun(run, images, mapping)[0] == first
-    assert {path: path.stat().st_mtime_ns for path in (run / "vgg16").glob("field-answers-*.npz")} == kept
-    monkeypatch.setattr(field, "SCORING", "another scoring")
+    measured = kept()
+    assert len(measured) == 1 and rerun(run, images, mapping)[0] == first
+    assert kept() == measured  # read, not written again
+    monkeypatch.setattr(field, "ANSWERS_FORMAT", field.ANSWERS_FORMAT + 1)
     assert rerun(run, images, mapping)[0] == first  # the same scoring under another name: the same columns
-    assert len(list((run / "vgg16").glob("field-answers-*.npz"))) == 2
+    assert len(kept()) == 2
 
 
 def test_at_the_threshold_the_field_columns_say_what_a_visitor_would_see(tmp_path):
@@ -170,14 +174,16 @@ def test_reading_a_field_set(tmp_path):
         field.read(images, mapping_file, classes)
 
 
-def member(name: str, test: list[list[float]], fold: list[list[float]], known_labels: list[int], field_probabilities,
+def member(name: str, test: list[list[float]], fold: list[list[float]], known_labels: list[int], field_looks,
            **row) -> ensemble.Member:
-    """A member with made-up predictions (validation logits: the log of its test probabilities)."""
+    """A member with made-up predictions (validation logits: the log of its test probabilities;
+    field answers: the whole photos' and the crops' probabilities `field_looks`, and their average)."""
     logits = np.log(np.array(test))
     folds = [trust.FoldLogits(np.array([2]), np.log(np.array(fold)), np.array(known_labels))]
     cost = {key: row.get(key, 1) for key in ensemble.SUMMED}
+    looks = np.array(field_looks).transpose(1, 0, 2)  # (photos, passes, classes)
     return ensemble.Member({"backbone": name, **cost, "stand_in_weights": row.get("stand_in_weights", False)},
-                           np.array(test), trust.Predictions(logits, folds), np.array(field_probabilities))
+                           np.array(test), trust.Predictions(logits, folds), field.Answers(looks.mean(axis=1), looks, None))
 
 
 def split_images(dataset: Path, split: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -249,9 +255,14 @@ def test_the_ensemble_row_averages_its_members():
     fold_b = [[0.90, 0.10], [0.05, 0.95], [0.50, 0.50], [0.05, 0.95]]
     field_set = field.FieldSet(Path("field"), {"x": "a", "y": "c", "z": None},
                                [Sample(Path(f"{i}.jpg"), label, "") for i, label in enumerate([0, 2, -1])], [])
-    field_a, field_b = [[0.8, 0.1, 0.1], [0.7, 0.1, 0.2], [0.9, 0.05, 0.05]], [[0.2, 0.7, 0.1], [0.1, 0.5, 0.4], [0.1, 0.1, 0.8]]
-    members = [member("a", a, fold_a, [0, 1], field_a, latency_ms=10.0, params_total=100),
-               member("b", b, fold_b, [0, 1], field_b, latency_ms=5.5, params_total=20, stand_in_weights=True)]
+    # Three field photos (of a, of c, unknown), whole and cropped. In the whole photos the members
+    # are surer of the unknown one than of the known ones; the known ones' crops (the unknown one
+    # has none) show both members their butterfly more clearly. (Not too sure: the temperature is small.)
+    whole_a = [[0.40, 0.35, 0.25], [0.30, 0.32, 0.38], [0.40, 0.33, 0.27]]
+    whole_b = [[0.36, 0.34, 0.30], [0.33, 0.31, 0.36], [0.40, 0.33, 0.27]]
+    crop_a, crop_b = ([[0.42, 0.32, 0.26], [0.28, 0.28, 0.44], whole[2]] for whole in (whole_a, whole_b))
+    members = [member("a", a, fold_a, [0, 1], [whole_a, crop_a], latency_ms=10.0, params_total=100),
+               member("b", b, fold_b, [0, 1], [whole_b, crop_b], latency_ms=5.5, params_total=20, stand_in_weights=True)]
 
     row = ensemble.ensemble_row(members, dataset, field_set)
     assert row["backbone"] == "ensemble of a + b" and row["ensemble"] is True
@@ -259,8 +270,17 @@ def test_the_ensemble_row_averages_its_members():
     assert [np.mean(np.argmax(m.test, 1) == labels) for m in members] == [0.5, 0.5]
     assert row["latency_ms"] == 15.5 and row["params_total"] == 120 and row["stand_in_weights"] is True
     assert row["unknown_auroc"] == 1.0 and row["unknown_fpr95"] == 0.0
-    assert row["field_top1"] == 0.5  # averaged: photo 0 right ("a"), photo 1 wrong ("a" beats "c")
-    assert 0 <= row["field_unknown_auroc"] <= 1 and row["ece_scaled"] is not None
+    assert row["field_top1"] == 1.0  # averaged over members and passes: photo 0 right ("a"), photo 1 too ("c")
+    assert row["ece_scaled"] is not None
+    # Its unknown score: calibrated max-softmax of the better look, the members' whole photos
+    # averaged or their crops averaged, whichever is higher, as by hand.
+    valid = np.mean([calibration.scaled_probabilities(m.predictions.valid_logits) for m in members], axis=0)
+    temperature = calibration.fit_temperature(trust.log_probabilities(valid), np.array(labels))
+    scores = np.maximum(*(trust.max_softmax(np.mean(looks, axis=0), temperature)
+                          for looks in ([whole_a, whole_b], [crop_a, crop_b])))
+    assert row["field_unknown_auroc"] == pytest.approx(roc_auc_score([1, 1, 0], scores)) == 1.0
+    whole = trust.max_softmax(np.mean([whole_a, whole_b], axis=0), temperature)
+    assert roc_auc_score([1, 1, 0], whole) == 0.0  # the whole photos alone: the unknown one is the surest
     # Its "not sure" threshold comes from the fold (both known images answered), never from the field set.
     assert row["field_answered"] in (0.0, 0.5, 1.0) and row["field_not_sure"] in (0.0, 1.0) and "threshold" not in row
 

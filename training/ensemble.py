@@ -16,7 +16,10 @@ cost. The row is computed from what every member kept, without running a model a
   averaged over the folds, and a "not sure" threshold, the median over folds of the one
   answering 95% of the fold's known images;
 - field set: the members' answers to the field photos averaged (each member with its own second
-  look, as the app answers), scored with the ensemble's temperature and threshold;
+  look, as the app answers); the unknown score is the ensemble's calibrated max-softmax of the
+  better look, as a backbone's is of its better look (`runtime.answer.photo_score`): the members'
+  whole-photo probabilities averaged, and their crops' averaged, whichever scores higher; at the
+  ensemble's threshold;
 - cost: parameters, size, training times and latency are the members' sums: on a CPU the members
   run one after the other. Members trained at different image sizes each see their own size.
 
@@ -46,10 +49,10 @@ class Member:
     row: dict
     test: np.ndarray  # test probabilities
     predictions: trust.Predictions  # validation and fold logits
-    field_probabilities: np.ndarray | None  # with a field set
+    field_answers: field.Answers | None  # with a field set
 
 
-def members(run_dir: Path, rows: list[dict], field_probabilities: dict[str, np.ndarray]) -> list[Member] | None:
+def members(run_dir: Path, rows: list[dict], field_answers: dict[str, field.Answers]) -> list[Member] | None:
     """The members of the run's ensemble, or None (and a note why) when there is none to make:
     fewer than two backbones, or one trained before its predictions were kept."""
     if len(rows) < 2:
@@ -66,7 +69,7 @@ def members(run_dir: Path, rows: list[dict], field_probabilities: dict[str, np.n
         with np.load(folder / TEST_PREDICTIONS) as saved:
             test = saved["probabilities"]
         found.append(Member(row, test, trust.Predictions.read(folder / trust.PREDICTIONS_FILE),
-                            field_probabilities.get(row["backbone"])))
+                            field_answers.get(row["backbone"])))
     return found
 
 
@@ -116,5 +119,7 @@ def field_columns(members: list[Member], field_set: field.FieldSet | None, tempe
     """The field columns of the members' averaged field answers (None without a field set)."""
     if field_set is None:
         return dict.fromkeys(FIELD_COLUMNS)
-    probabilities = np.mean([member.field_probabilities for member in members], axis=0)
-    return field.measure(field_set, probabilities, trust.max_softmax(probabilities, temperature), threshold)
+    probabilities = np.mean([member.field_answers.probabilities for member in members], axis=0)
+    looks = np.mean([member.field_answers.looks for member in members], axis=0)  # (photos, passes, classes)
+    scores = trust.max_softmax(looks.reshape(-1, looks.shape[-1]), temperature).reshape(looks.shape[:2]).max(axis=1)
+    return field.measure(field_set, probabilities, scores, threshold)

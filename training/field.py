@@ -42,9 +42,10 @@ from training.config import ConfigError
 from training.folder import Sample, check_file, list_images
 
 UNKNOWN = -1  # the label of a photo of a species the training data lacks
-# How `answers` scores a photo (`runtime.answer.photo_score`): the answers a run keeps (`training.runner`)
-# are named after it, so that a version that scores photos otherwise measures them again.
-SCORING = "better look"
+# What `Answers` hold and how they were scored: the answers a run keeps (`training.runner`) are named after
+# it, so that a version that keeps or scores them otherwise measures them again. 2: photos scored on their
+# better look (`runtime.answer.photo_score`), each pass's probabilities kept.
+ANSWERS_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -152,19 +153,30 @@ def read(field_data: str | Path, field_map: str | Path, classes: list[str]) -> F
     return FieldSet(Path(field_data), mapping, photos, skipped)
 
 
-def answers(looks: Iterable[second_look.Look], unknown: dict | None = None,
-            bank: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The (photos, classes) probabilities the app would give the field photos seen in `looks`
-    (each decoded as the app decodes an upload and looked at twice, `second_look`), and given the
-    card's `unknown` settings (and `bank`, if its score needs one) their unknown scores: the passes'
-    logits averaged (`answer.logits`), and the better look scored by `answer.photo_score`. The
-    probabilities are untempered: an ensemble averages them before its own temperature."""
-    probabilities, scores = [], []
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers to a field set's photos, as the app gives them (`answers`). Probabilities
+    are untempered: an ensemble averages its members' before its own temperature."""
+
+    probabilities: np.ndarray  # (photos, classes): softmax of the passes' averaged logits, what the app shows
+    looks: np.ndarray  # (photos, 2, classes): softmax of each pass's logits, the whole photo's then the crop's
+    scores: np.ndarray | None  # (photos,): the served unknown score of each photo's better look; None without a card
+
+
+def answers(looks: Iterable[second_look.Look], unknown: dict | None = None, bank: np.ndarray | None = None) -> Answers:
+    """The answers the app would give the field photos seen in `looks` (each decoded as the app
+    decodes an upload and looked at twice, `second_look`): probabilities of the passes' averaged
+    logits (`answer.logits`), of each pass (a photo whose crop was not taken: the whole photo's
+    twice) and, given the card's `unknown` settings (and `bank`, if its score needs one), the
+    unknown score of each photo's better look (`answer.photo_score`)."""
+    probabilities, passes, scores = [], [], []
     for look in looks:
         probabilities.append(answer.softmax(answer.logits(*look.passes)))
+        passes.append([answer.softmax(answer.logits(look.full)), answer.softmax(answer.logits(look.passes[-1]))])
         if unknown is not None:
             scores.append(answer.photo_score(look.passes, unknown, bank))
-    return np.array(probabilities, dtype=np.float32), (np.array(scores) if unknown is not None else None)
+    return Answers(np.array(probabilities, dtype=np.float32), np.array(passes, dtype=np.float32),
+                   np.array(scores) if unknown is not None else None)
 
 
 def at_threshold(answered: np.ndarray, right: np.ndarray, known: np.ndarray) -> dict[str, float | None]:

@@ -90,16 +90,16 @@ def compare(config: Config, plan: Plan | None = None) -> list[dict]:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
 
-    rows, field_probabilities = [], {}
+    rows, field_answers = [], {}
     for variant in variants:
         print(f"\n== {variant.id} ({variant.size}x{variant.size}, weights: {weights[variant.id] or 'none'})")
         run = BackboneRun(config, dataset, variant, weights[variant.id], plan.settings[variant.id], strategy)
         row = run.train()
         if field_set is not None:
-            field_probabilities[variant.id], scores = run.field_answers(field_set)
-            row = {**row, **run.field_columns(field_set, field_probabilities[variant.id], scores)}
+            field_answers[variant.id] = run.field_answers(field_set)
+            row = {**row, **run.field_columns(field_set, field_answers[variant.id])}
         rows.append(row)
-    members = ensemble.members(run_dir, rows, field_probabilities)
+    members = ensemble.members(run_dir, rows, field_answers)
     combined = ensemble.ensemble_row(members, dataset, field_set) if members else None
     rows = write_comparison(run_dir, rows, combined, field_set)
     print("\n" + (run_dir / "comparison.md").read_text())
@@ -313,24 +313,25 @@ class BackboneRun:
         images = (second_look.decode(sample.path, size, str(sample.path)) for sample in self.dataset.splits[split])
         return list(served_looks(self.classifier, images))
 
-    def field_answers(self, field_set: field.FieldSet) -> tuple[np.ndarray, np.ndarray | None]:
+    def field_answers(self, field_set: field.FieldSet) -> field.Answers:
         """The trained classifier's answers to every field photo, as the app would give them (whole
         photo and second look, `field.answers`): probabilities, and unknown scores by the served
         settings of trust.json (None for a backbone trained by an older version, which lacks it).
-        Kept under the set's fingerprint and trust.json's (with how a photo is scored,
-        `field.SCORING`), so that a rerun, or another table, reads them there, and a trust step done
-        again, or a new version that scores photos otherwise, measures them again."""
+        Kept under the set's fingerprint and trust.json's (with `field.ANSWERS_FORMAT`), so that a
+        rerun, or another table, reads them there, and a trust step done again, or a version that
+        keeps or scores answers otherwise, measures them again."""
         settings = self.served_settings()
-        key = digest({"served": settings, "scoring": field.SCORING})
+        key = digest({"served": settings, "format": field.ANSWERS_FORMAT})
         path = self.folder / f"field-answers-{field_set.fingerprint()}-{key}.npz"
         if not path.is_file():
             bank = np.load(self.folder / BANK_FILE) if settings and settings["score"] in answer.NEEDS_BANK else None
             size = (self.variant.size, self.variant.size)
             images = (second_look.decode(photo.path, size, str(photo.path)) for photo in field_set.photos)
-            probabilities, scores = field.answers(served_looks(self.classifier, images), settings, bank)
-            write_arrays(path, probabilities=probabilities, **({} if scores is None else {"scores": scores}))
+            answers = field.answers(served_looks(self.classifier, images), settings, bank)
+            write_arrays(path, probabilities=answers.probabilities, looks=answers.looks,
+                         **({} if answers.scores is None else {"scores": answers.scores}))
         with np.load(path) as saved:
-            return saved["probabilities"], saved.get("scores")
+            return field.Answers(saved["probabilities"], saved["looks"], saved.get("scores"))
 
     def served_settings(self) -> dict | None:
         """What the app would score with (`answer.served` of trust.json), or None for a backbone
@@ -338,12 +339,11 @@ class BackboneRun:
         measured = self.folder / "trust.json"
         return answer.served(read_json(measured)) if measured.is_file() else None
 
-    def field_columns(self, field_set: field.FieldSet, probabilities: np.ndarray,
-                      scores: np.ndarray | None) -> dict[str, float | None]:
-        """This backbone's field columns; the unknown and answer ones from the served `scores` at
+    def field_columns(self, field_set: field.FieldSet, answers: field.Answers) -> dict[str, float | None]:
+        """This backbone's field columns; the unknown and answer ones from its served scores at
         trust.json's threshold (empty for a backbone trained before trust.json)."""
         settings = self.served_settings()
-        columns = field.measure(field_set, probabilities, scores, settings and settings["threshold"])
+        columns = field.measure(field_set, answers.probabilities, answers.scores, settings and settings["threshold"])
         print(f"  field set, as the app answers: top-1 {columns['field_top1']:.3f}" + (
             "" if columns["field_unknown_auroc"] is None else
             f", unknown species AUROC {columns['field_unknown_auroc']:.3f}, FPR@95TPR {columns['field_unknown_fpr95']:.1%}")
